@@ -1,0 +1,77 @@
+"""Error messages shared by the C core and its pure-Python twin.
+
+Both implementations call :func:`no_portal_error` on the (cold) path where
+``await_()`` cannot find a portal, so the diagnosis and its wording live in one
+place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+_RUN_HINT = (
+    "Run the program with greenback_loop.run(main()) or "
+    "asyncio.run(main(), loop_factory=greenback_loop.new_event_loop), "
+    "or wrap the synchronous call in "
+    "'await greenback_loop.with_portal_run_sync(fn, *args)'."
+)
+
+
+def no_portal_error(nested: bool) -> RuntimeError:
+    """Build the RuntimeError raised by ``await_()`` outside any portal.
+
+    *nested* is true when a portal step is running in this thread but the
+    calling greenlet does not descend from the greenlet running it.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return RuntimeError(
+            "greenback_loop.await_() was called with no event loop running in "
+            "this thread. It can only be used by synchronous code that runs "
+            "inside an async task. From another thread, use "
+            "asyncio.run_coroutine_threadsafe(coro, loop).result() instead."
+        )
+    task = asyncio.current_task(loop)
+    if task is None:
+        return RuntimeError(
+            "greenback_loop.await_() was called outside of any task (from an "
+            "event loop callback?). It can only be used by synchronous code "
+            "that runs inside a task; schedule the work with "
+            "loop.create_task() instead."
+        )
+    if nested:
+        return RuntimeError(
+            "greenback_loop.await_() was called from a greenlet that does not "
+            "descend from the greenlet running the current task's step. Start "
+            "nested greenlets from code running inside the task, so that their "
+            "parent chain leads back to it."
+        )
+    from ._loop import is_portal_loop
+
+    if is_portal_loop(loop):
+        return RuntimeError(
+            f"greenback_loop.await_() was called in task {task.get_name()!r}, "
+            "which has no portal: it was constructed directly with "
+            "asyncio.Task() instead of loop.create_task() or "
+            "asyncio.create_task(). Create it with one of those, or wrap the "
+            "synchronous call in "
+            "'await greenback_loop.with_portal_run_sync(fn, *args)'."
+        )
+    return RuntimeError(
+        f"greenback_loop.await_() was called in task {task.get_name()!r}, "
+        f"which has no portal: its event loop ({type(loop).__module__}."
+        f"{type(loop).__qualname__}) is not a greenback_loop event loop. "
+        + _RUN_HINT
+    )
+
+
+def no_retrofit_error(what: str, loop: object) -> RuntimeError:
+    """Build the RuntimeError for ensure_portal()/bestow_portal() on a task
+    that was not created with a portal."""
+    return RuntimeError(
+        f"{what} cannot add a portal to a task that was created without one "
+        f"(event loop: {type(loop).__module__}.{type(loop).__qualname__}); "
+        "giving a portal to an existing asyncio task is not supported yet. "
+        + _RUN_HINT
+    )

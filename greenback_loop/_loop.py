@@ -1,0 +1,157 @@
+"""Event loops whose every task gets a portal, ``run()`` and the policy."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import warnings
+from functools import partial
+from typing import Any, Coroutine, TypeVar
+
+from . import _impl
+
+T = TypeVar("T")
+
+if sys.platform == "win32":  # pragma: no cover
+    _BaseEventLoop: type[asyncio.AbstractEventLoop] = asyncio.ProactorEventLoop
+else:
+    _BaseEventLoop = asyncio.SelectorEventLoop
+
+_iscoroutine = asyncio.iscoroutine
+
+
+def wrap(coro: Any) -> Any:
+    """Give *coro* a portal, unless it has one or is no coroutine (then the
+    base ``create_task`` reports it as usual)."""
+    portal_type = _impl.core.Portal
+    if type(coro) is portal_type or not _iscoroutine(coro):
+        return coro
+    return portal_type(coro)
+
+
+class PortalLoopMixin:
+    """Mixin for an event loop class: ``create_task`` wraps the coroutine in a
+    portal, then hands it, with the caller's arguments untouched, to the base
+    class's ``create_task`` (so task factories, eager tasks and the Task type
+    are those of the base loop)."""
+
+    __slots__ = ()
+
+    def create_task(self, coro: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().create_task(wrap(coro), *args, **kwargs)  # type: ignore[misc]
+
+
+class EventLoop(PortalLoopMixin, _BaseEventLoop):  # type: ignore[misc,valid-type]
+    """asyncio's default event loop class, with a portal in every task."""
+
+
+def is_portal_loop(loop: object) -> bool:
+    """Whether *loop* gives every task it creates a portal."""
+    return isinstance(loop, PortalLoopMixin)
+
+
+def new_event_loop(*, uvloop: bool = False) -> asyncio.AbstractEventLoop:
+    """Return a new event loop whose every task has a portal.
+
+    With ``uvloop=True`` the loop is a :class:`greenback_loop.uvloop.Loop`
+    (requires uvloop: ``pip install greenback_loop[uvloop]``), otherwise a
+    :class:`greenback_loop.EventLoop`.
+
+    Use it as ``asyncio.run(main(), loop_factory=greenback_loop.new_event_loop)``
+    or ``asyncio.Runner(loop_factory=greenback_loop.new_event_loop)``.
+    """
+    if uvloop:
+        from . import uvloop as gb_uvloop
+
+        return gb_uvloop.new_event_loop()
+    return EventLoop()
+
+
+def run(
+    main: Coroutine[Any, Any, T], *, debug: bool | None = None, uvloop: bool = False
+) -> T:
+    """Run the coroutine *main* on a new greenback_loop event loop and return
+    its result, like :func:`asyncio.run`.
+
+    Every task of the run, *main* included, has a portal, so synchronous code
+    called from any of them can use :func:`greenback_loop.await_`. Leftover
+    tasks are cancelled and allowed to unwind, async generators and the
+    default executor are shut down, and the loop is closed.
+
+    Raises:
+        RuntimeError: called while an event loop is running in this thread.
+        ValueError: *main* is not a coroutine (as :func:`asyncio.run`).
+        ImportError: ``uvloop=True`` but uvloop is not installed.
+    """
+    if _running_loop() is not None:
+        raise RuntimeError("greenback_loop.run() cannot be called from a running event loop")
+    factory = partial(new_event_loop, uvloop=uvloop)
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# -- the policy (deprecated by asyncio from 3.14, removed in 3.16) -----------
+
+_policy_lock = threading.Lock()
+_policy_class: type | None = None
+
+
+def policy_class() -> type:
+    """Build ``GreenbackPolicy`` on first use, so importing greenback_loop
+    touches none of asyncio's deprecated policy names."""
+    global _policy_class
+    if sys.version_info >= (3, 16):  # pragma: no cover
+        raise AttributeError(
+            "greenback_loop.GreenbackPolicy is not available: asyncio removed "
+            "event loop policies in Python 3.16. Use greenback_loop.run(), or "
+            "asyncio.run(main(), loop_factory=greenback_loop.new_event_loop)."
+        )
+    with _policy_lock:
+        if _policy_class is None:
+            _policy_class = _make_policy_class()
+    return _policy_class
+
+
+def _make_policy_class() -> type:
+    from asyncio import events
+
+    base = getattr(events, "_BaseDefaultEventLoopPolicy", None)
+    if base is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            base = events.BaseDefaultEventLoopPolicy
+
+    class GreenbackPolicy(base):  # type: ignore[misc,valid-type]
+        """An event loop policy whose loops give every task a portal.
+
+        For programs that still set a policy::
+
+            asyncio.set_event_loop_policy(greenback_loop.GreenbackPolicy())
+            asyncio.run(main())
+
+        ``GreenbackPolicy(uvloop=True)`` makes uvloop-based loops. Policies
+        are deprecated from Python 3.14 (asyncio warns on
+        ``set_event_loop_policy``) and gone in 3.16: prefer
+        :func:`greenback_loop.run` or ``loop_factory=``.
+        """
+
+        def __init__(self, *, uvloop: bool = False) -> None:
+            super().__init__()
+            self._uvloop = bool(uvloop)
+
+        def _loop_factory(self) -> asyncio.AbstractEventLoop:
+            return new_event_loop(uvloop=self._uvloop)
+
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return new_event_loop(uvloop=self._uvloop)
+
+    GreenbackPolicy.__module__ = "greenback_loop"
+    return GreenbackPolicy

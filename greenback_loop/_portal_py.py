@@ -1,0 +1,505 @@
+"""The portal core in pure Python: the twin of the C core in ``csrc/``.
+
+It holds three things, each mirrored one to one by the C core:
+
+``Portal``
+    Wraps a task's coroutine and speaks the coroutine protocol. Every step of
+    the real coroutine runs in a *runner* greenlet, so synchronous code
+    anywhere below it can suspend the step with :func:`await_`.
+
+the runner pool
+    Per thread, a bounded list of idle runner greenlets. A step takes a
+    runner, points its parent at the greenlet doing the step and its context
+    at the step's context, and switches in. When the step ends normally the
+    runner goes back to the pool holding nothing of the task, unless something
+    outside the portal still references it (a greenlet that sync code started
+    with the runner as its parent, say): then it stays pinned to the portal,
+    so that greenlet's parent chain stays valid, until the references go.
+
+:func:`await_`
+    Drives an awaitable in place, in the calling greenlet, and only switches
+    to the greenlet doing the step when the awaitable really suspends; the
+    portal then hands the yielded value to the task as if the coroutine had
+    yielded it.
+
+Messages from a runner (or from ``await_``) to the stepping greenlet go
+through the per-thread ``msg`` slot rather than through switch arguments, so
+no suspended frame keeps a yielded value or an exception alive.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import sys
+import threading
+import types
+from typing import Any, Awaitable, Generator, TypeVar
+
+from greenlet import GreenletExit, getcurrent, greenlet
+from greenlet import error as greenlet_error
+
+from ._errors import no_portal_error
+
+__all__ = ["Portal", "await_", "in_portal"]
+
+T = TypeVar("T")
+
+#: Idle runners kept per thread; more are created on demand and dropped
+#: when they come back to a full pool.
+POOL_MAX = 64
+
+# Message kinds, first item of the tuple left in ``_ThreadState.msg``.
+_YIELD = 0  # (kind, value): the coroutine yielded value; the step ended
+_RETURN = 1  # (kind, value): the coroutine returned value
+_RAISE = 2  # (kind, exception): the coroutine raised
+_SUSPEND = 3  # (kind, value, greenlet, awaitable): await_ suspended the step
+
+_CO_ITERABLE_COROUTINE = 0x100
+_HAS_CR_SUSPENDED = sys.version_info >= (3, 12)
+_CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
+_getrefcount = getattr(sys, "getrefcount", None)
+
+
+class _ThreadState(threading.local):
+    def __init__(self) -> None:
+        #: The portal whose step is running in this thread, if any.
+        self.current: Portal | None = None
+        #: Idle runner greenlets.
+        self.pool: list[greenlet] = []
+        #: The message left by the runner or await_ for the stepping greenlet.
+        self.msg: tuple[Any, ...] | None = None
+        hub = getcurrent()
+        while hub.parent is not None:
+            hub = hub.parent
+        #: This thread's main greenlet: the parent of every idle runner.
+        self.hub: greenlet = hub
+
+
+_state = _ThreadState()
+_runners_created = 0
+
+# References an idle runner has when nothing outside the portal machinery
+# refers to it, as seen at the check in Portal._step; measured at import.
+_RUNNER_REFS: int = -1
+
+
+def _runner_main(job: tuple[Any, bool, Any]) -> None:
+    """Body of a runner greenlet: run one step per job, forever."""
+    st = _state
+    while True:
+        coro, throw, arg = job
+        job = None  # type: ignore[assignment]
+        try:
+            if throw:
+                value = coro.throw(arg)
+            else:
+                value = coro.send(arg)
+        except StopIteration as exc:
+            st.msg = (_RETURN, exc.value)
+        except GreenletExit:
+            # The runner is being killed (its last reference was dropped
+            # while it was parked): end it.
+            raise
+        except BaseException as exc:
+            tb = exc.__traceback__
+            if tb is not None:
+                exc.__traceback__ = tb.tb_next  # hide this frame
+            st.msg = (_RAISE, exc)
+        else:
+            st.msg = (_YIELD, value)
+        coro = arg = value = None
+        job = getcurrent().parent.switch()
+
+
+class Portal:
+    """A coroutine wrapper whose steps can be suspended by :func:`await_`.
+
+    ``Portal(coro)`` behaves like *coro* for whoever drives it (an asyncio
+    Task, ``await``, ``yield from``): ``send``, ``throw``, ``close``,
+    ``__await__`` and iteration, and the ``cr_*`` attributes, ``__name__``
+    and ``__qualname__`` of *coro*, so ``repr(task)`` and ``task.get_stack()``
+    read as if there were no portal. While the step is parked in
+    :func:`await_` it reports itself suspended, and ``cr_await`` is the
+    awaitable being driven.
+    """
+
+    __slots__ = ("_coro", "_runner", "_resume", "_awaiting", "_stepping", "__weakref__")
+
+    _coro: Any
+    _runner: greenlet | None
+    _resume: greenlet | None
+    _awaiting: Any
+    _stepping: bool
+
+    def __init__(self, coro: Any) -> None:
+        self._runner = None  # the runner, while stepping, parked or pinned
+        self._resume = None  # the greenlet parked in await_
+        self._awaiting = None  # the awaitable await_ drives while parked
+        self._stepping = False
+        t = type(coro)
+        if t is not types.CoroutineType and not (
+            t is types.GeneratorType or isinstance(coro, collections.abc.Coroutine)
+        ):
+            raise TypeError(f"Portal() argument must be a coroutine, not {t.__name__}")
+        self._coro = coro
+
+    # -- the coroutine protocol ---------------------------------------------
+
+    def send(self, value: Any) -> Any:
+        return self._step(False, value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
+        return self._step(True, _make_exception("throw", typ, val, tb))
+
+    def close(self) -> Any:
+        if self._resume is None:
+            if self._stepping:
+                raise ValueError("coroutine already executing")
+            return self._coro.close()
+        try:
+            self._step(True, GeneratorExit())
+        except GeneratorExit:
+            return None
+        except StopIteration as exc:
+            return exc.value if _CLOSE_RETURNS_VALUE else None
+        raise RuntimeError("coroutine ignored GeneratorExit")
+
+    def __await__(self) -> Portal:
+        return self
+
+    def __iter__(self) -> Portal:
+        return self
+
+    def __next__(self) -> Any:
+        return self._step(False, None)
+
+    def __del__(self) -> None:
+        if self._resume is None or sys.is_finalizing():
+            return
+        try:
+            self.close()
+        except RuntimeError as exc:
+            if isinstance(exc.__cause__, greenlet_error):
+                # Collected in another thread: the runner cannot be entered
+                # from here; greenlet unwinds it in its own thread.
+                return
+            raise
+
+    # -- stepping -----------------------------------------------------------
+
+    def _step(self, throw: bool, arg: Any) -> Any:
+        st = _state
+        if self._stepping:
+            raise ValueError("coroutine already executing")
+        runner = self._runner
+        resume = self._resume
+        if resume is not None:
+            assert runner is not None
+            target = resume
+            job: Any = (throw, arg)
+            awaiting = self._awaiting
+            self._resume = self._awaiting = None
+        else:
+            if runner is None:
+                pool = st.pool
+                runner = pool.pop() if pool else _new_runner()
+                self._runner = runner
+            target = runner
+            job = (self._coro, throw, arg)
+        cur = getcurrent()
+        runner.parent = cur
+        runner.gr_context = cur.gr_context
+        prev = st.current
+        st.current = self
+        self._stepping = True
+        try:
+            ret = target.switch(job)
+        except BaseException as exc:
+            st.current = prev
+            st.msg = None
+            self._stepping = False
+            if runner.dead:
+                self._runner = None
+            elif isinstance(exc, greenlet_error) and resume is not None:
+                # Nothing ran: the parked greenlet belongs to another thread.
+                self._resume, self._awaiting = resume, awaiting
+                raise RuntimeError(
+                    "a task's portal can only be stepped in the thread whose "
+                    "event loop runs the task"
+                ) from exc
+            raise
+        st.current = prev
+        self._stepping = False
+        msg = st.msg
+        st.msg = None
+        job = cur = target = resume = None
+        hub = st.hub
+        if msg is None:
+            # No message: the runner ended (the coroutine raised
+            # GreenletExit, which ends a greenlet and comes back as its
+            # result), or a foreign greenlet switched here.
+            if runner.dead:
+                self._runner = None
+                if isinstance(ret, BaseException):
+                    raise ret
+            raise RuntimeError(
+                "greenback_loop: the task's step was left by an unexpected "
+                "greenlet switch; the task cannot continue"
+            )
+        kind = msg[0]
+        if kind == _SUSPEND:
+            self._resume = msg[2]
+            self._awaiting = msg[3]
+            if runner.parent is not hub:
+                runner.parent = hub
+            return msg[1]
+        # The step ended: release the runner unless something else holds it.
+        runner.gr_context = None
+        if runner.parent is not hub:
+            runner.parent = hub
+        if _getrefcount is not None and _getrefcount(runner) <= _RUNNER_REFS:
+            self._runner = None
+            pool = st.pool
+            if len(pool) < POOL_MAX:
+                pool.append(runner)
+        elif kind != _YIELD:
+            self._runner = None  # finished: let the pinned runner go
+        if kind == _YIELD:
+            return msg[1]
+        if kind == _RETURN:
+            raise StopIteration(msg[1])
+        raise msg[1]
+
+    # -- introspection, forwarded to the real coroutine ----------------------
+
+    @property
+    def cr_code(self) -> Any:
+        return self._coro.cr_code
+
+    @property
+    def cr_frame(self) -> Any:
+        return self._coro.cr_frame
+
+    @property
+    def cr_origin(self) -> Any:
+        return self._coro.cr_origin
+
+    @property
+    def cr_running(self) -> bool:
+        return self._resume is None and self._coro.cr_running  # type: ignore[no-any-return]
+
+    @property
+    def cr_await(self) -> Any:
+        if self._resume is not None:
+            return self._awaiting
+        return self._coro.cr_await
+
+    if _HAS_CR_SUSPENDED:
+
+        @property
+        def cr_suspended(self) -> bool:
+            return self._resume is not None or self._coro.cr_suspended  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached for what Portal itself lacks: __name__, __qualname__ (a
+        # class cannot define those for its instances) and anything else
+        # the real coroutine has.
+        if name.startswith("_") and name not in ("__name__", "__qualname__"):
+            raise AttributeError(name)
+        return getattr(self._coro, name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.Portal for {self._coro!r}>"
+
+
+collections.abc.Coroutine.register(Portal)
+
+
+def _new_runner() -> greenlet:
+    global _runners_created
+    _runners_created += 1
+    return greenlet(_runner_main)
+
+
+def _make_exception(where: str, typ: Any, val: Any, tb: Any) -> BaseException:
+    """Normalize ``throw()``'s arguments the way coroutines do."""
+    if val is not None or tb is not None:
+        if sys.version_info >= (3, 12):
+            import warnings
+
+            warnings.warn(
+                "the (type, exc, tb) signature of throw() is deprecated, "
+                "use the single-arg signature instead.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+    if tb is not None and not isinstance(tb, types.TracebackType):
+        raise TypeError(f"{where}() third argument must be a traceback object")
+    if isinstance(typ, type) and issubclass(typ, BaseException):
+        if isinstance(val, typ):
+            exc = val
+        elif val is None:
+            exc = typ()
+        elif isinstance(val, tuple):
+            exc = typ(*val)
+        else:
+            exc = typ(val)
+    elif isinstance(typ, BaseException):
+        if val is not None:
+            raise TypeError("instance exception may not have a separate value")
+        exc = typ
+    else:
+        raise TypeError(
+            "exceptions must be classes or instances deriving from "
+            f"BaseException, not {type(typ).__name__}"
+        )
+    if tb is not None:
+        exc = exc.with_traceback(tb)
+    return exc
+
+
+# -- await_ -----------------------------------------------------------------
+
+
+def in_portal() -> bool:
+    """Whether :func:`await_` can suspend from the calling greenlet."""
+    portal = _state.current
+    if portal is None:
+        return False
+    runner = portal._runner
+    g: greenlet | None = getcurrent()
+    while g is not None:
+        if g is runner:
+            return True
+        g = g.parent
+    return False
+
+
+def _discard(aw: object) -> None:
+    # Spare the caller a "coroutine was never awaited" warning on top of
+    # the error.
+    if isinstance(aw, collections.abc.Coroutine):
+        aw.close()
+
+
+def _awaitable_iter(aw: Any) -> Any:
+    """What ``await aw`` would iterate over, with ``await``'s errors."""
+    t = type(aw)
+    if t is types.CoroutineType:
+        return aw
+    if t is types.GeneratorType and aw.gi_code.co_flags & _CO_ITERABLE_COROUTINE:
+        return aw
+    meth = getattr(t, "__await__", None)
+    if meth is None:
+        raise TypeError(f"'{t.__name__}' object can't be awaited")
+    it = meth(aw)
+    ti = type(it)
+    if ti is types.CoroutineType or (
+        ti is types.GeneratorType and it.gi_code.co_flags & _CO_ITERABLE_COROUTINE
+    ):
+        raise TypeError("__await__() returned a coroutine")
+    if not hasattr(ti, "__next__"):
+        raise TypeError(f"__await__() returned non-iterator of type '{ti.__name__}'")
+    return it
+
+
+def await_(aw: Awaitable[T]) -> T:
+    """Await *aw* from synchronous code running inside a portal.
+
+    ``await_(aw)`` does what ``await aw`` does, but in a plain function: the
+    function must run (at any depth) inside a task that has a portal, which
+    every task of a greenback_loop event loop has.
+
+    Raises:
+        RuntimeError: there is no portal to suspend: no running event loop in
+            this thread, no current task, or a task without a portal.
+        TypeError: *aw* is not awaitable.
+    """
+    st = _state
+    portal = st.current
+    if portal is None:
+        _discard(aw)
+        raise no_portal_error(False)
+    runner = portal._runner
+    g: greenlet | None = getcurrent()
+    if g is not runner:
+        assert g is not None
+        g = g.parent
+        while g is not runner:
+            if g is None:
+                _discard(aw)
+                raise no_portal_error(True)
+            g = g.parent
+    portal = runner = g = None
+
+    it = _awaitable_iter(aw)
+    send = getattr(it, "send", None)
+    throw = False
+    arg: Any = None
+    while True:
+        try:
+            if throw:
+                value = _throw_into(it, arg)
+            elif send is None:
+                value = next(it) if arg is None else it.send(arg)
+            else:
+                value = send(arg)
+        except StopIteration as exc:
+            return exc.value  # type: ignore[no-any-return]
+        arg = None
+        st.msg = (_SUSPEND, value, getcurrent(), aw)
+        value = None
+        try:
+            throw, arg = st.current._runner.parent.switch()  # type: ignore[union-attr]
+        except BaseException as exc:  # killed, or thrown into by greenlet.throw
+            throw, arg = True, exc
+
+
+def _throw_into(it: Any, exc: BaseException) -> Any:
+    """``yield from``'s handling of an exception thrown into the delegator."""
+    if isinstance(exc, GeneratorExit):
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+        raise exc
+    throw = getattr(it, "throw", None)
+    if throw is None:
+        raise exc
+    return throw(exc)
+
+
+def _debug_runners_created() -> int:
+    """How many runner greenlets this process has created (for tests)."""
+    return _runners_created
+
+
+def _calibrate() -> None:
+    """Measure the references an unshared idle runner has at the check in
+    ``Portal._step``: step a coroutine once through a fresh runner."""
+    global _RUNNER_REFS
+    if _getrefcount is None:
+        return  # no reference counts (PyPy): runners stay with their portal
+
+    measured: list[int] = []
+
+    @types.coroutine
+    def checkpoint() -> Generator[None, None, None]:
+        yield None
+
+    async def probe() -> None:
+        await checkpoint()
+
+    _RUNNER_REFS = sys.maxsize  # pool the probe's runner whatever its count
+    portal = Portal(probe())
+    portal.send(None)
+    runner = _state.pool[-1]
+    measured.append(_getrefcount(runner))  # pool + local + argument
+    del runner
+    # At the check the runner had: the local in _step, getrefcount's
+    # argument, and whatever greenlet itself holds; here: the pool, the
+    # local, the argument, and the same greenlet-held references.
+    _RUNNER_REFS = measured[0]
+    portal.close()
+
+
+_calibrate()

@@ -1,0 +1,126 @@
+"""A drop-in for the ``uvloop`` module whose loops give every task a portal.
+
+A uvloop user changes one import::
+
+    import greenback_loop.uvloop as uvloop
+
+    uvloop.run(main())
+
+and every task of the run can use :func:`greenback_loop.await_`. The module
+has uvloop's names: :func:`run`, :func:`new_event_loop`, :class:`Loop`, and,
+on Python versions where the installed uvloop still has them,
+``EventLoopPolicy`` and ``install``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import warnings
+from typing import Any, Callable, Coroutine, TypeVar
+
+try:
+    import uvloop as _uvloop
+except ImportError as exc:  # pragma: no cover - exercised without uvloop
+    raise ImportError(
+        "greenback_loop.uvloop needs uvloop, which is not installed: "
+        "pip install 'greenback_loop[uvloop]'"
+    ) from exc
+
+from ._loop import PortalLoopMixin
+
+__all__ = ["Loop", "new_event_loop", "run"]
+
+T = TypeVar("T")
+
+
+class Loop(PortalLoopMixin, _uvloop.Loop):  # type: ignore[misc]
+    """uvloop's event loop, with a portal in every task."""
+
+
+def new_event_loop() -> Loop:
+    """Return a new uvloop event loop whose every task has a portal."""
+    return Loop()
+
+
+def run(
+    main: Coroutine[Any, Any, T],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = new_event_loop,
+    debug: bool | None = None,
+    **run_kwargs: Any,
+) -> T:
+    """Run *main* on a uvloop loop with portals, like ``uvloop.run()``.
+
+    Raises:
+        RuntimeError: called while an event loop is running in this thread.
+        TypeError: *loop_factory* made a loop that is not a greenback_loop
+            uvloop loop.
+    """
+
+    async def checked() -> T:
+        loop = asyncio.get_running_loop()
+        if not isinstance(loop, Loop):
+            close = getattr(main, "close", None)
+            if close is not None:
+                close()  # spare a "never awaited" warning on top of the error
+            raise TypeError(
+                "greenback_loop.uvloop.run() needs a loop_factory that returns "
+                f"greenback_loop.uvloop.Loop instances, got {type(loop).__qualname__}"
+            )
+        return await main
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("greenback_loop.uvloop.run() cannot be called from a running event loop")
+    with asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
+        return runner.run(checked())
+
+
+_deprecated_names = ("install", "EventLoopPolicy")
+if sys.version_info < (3, 16) and all(hasattr(_uvloop, n) for n in _deprecated_names):
+    __all__ += list(_deprecated_names)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _deprecated_names:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if sys.version_info >= (3, 16) or not hasattr(_uvloop, name):
+        raise AttributeError(
+            f"module {__name__!r} has no attribute {name!r}: asyncio event "
+            "loop policies are gone; use greenback_loop.uvloop.run() instead"
+        )
+    from ._loop import policy_class
+
+    base = policy_class()
+
+    class EventLoopPolicy(base):  # type: ignore[misc,valid-type]
+        """uvloop's event loop policy, with a portal in every task.
+
+        Deprecated like asyncio's policies; prefer
+        :func:`greenback_loop.uvloop.run`.
+        """
+
+        def __init__(self) -> None:
+            super().__init__(uvloop=True)
+
+    EventLoopPolicy.__module__ = __name__
+
+    def install() -> None:
+        """Install :class:`EventLoopPolicy` as asyncio's event loop policy,
+        like ``uvloop.install()`` (deprecated there too)."""
+        if sys.version_info >= (3, 12):
+            warnings.warn(
+                "greenback_loop.uvloop.install() is deprecated in favor of "
+                "greenback_loop.uvloop.run(), like uvloop.install().",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        asyncio.set_event_loop_policy(EventLoopPolicy())
+
+    globals()["EventLoopPolicy"] = EventLoopPolicy
+    globals()["install"] = install
+    return globals()[name]

@@ -1,0 +1,296 @@
+"""Every task, however it is made, gets a portal with no ensure_portal()."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import pytest
+
+import greenback_loop
+from greenback_loop import await_
+
+needs_eager = pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks: 3.12+")
+
+
+async def double(n: int) -> int:
+    await asyncio.sleep(0)
+    return n * 2
+
+
+def legacy(n: int) -> str:
+    """A sync layer that awaits on the running loop."""
+    return f"report {await_(double(n))}"
+
+
+async def handler(n: int) -> str:
+    return legacy(n)
+
+
+def test_quickstart(run: Any) -> None:
+    async def main() -> list[str]:
+        return await asyncio.gather(*(handler(i) for i in range(3)))
+
+    assert run(main()) == ["report 0", "report 2", "report 4"]
+
+
+async def test_create_task() -> None:
+    assert await asyncio.create_task(handler(1)) == "report 2"
+    loop = asyncio.get_running_loop()
+    assert await loop.create_task(handler(2), name="named") == "report 4"
+
+
+async def test_create_task_keeps_name_and_context() -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in ctx")
+
+    async def body() -> tuple[str, str]:
+        task = asyncio.current_task()
+        assert task is not None
+        return task.get_name(), var.get()
+
+    task = asyncio.get_running_loop().create_task(body(), name="job-7", context=ctx)
+    assert await task == ("job-7", "in ctx")
+
+
+async def test_gather_and_ensure_future() -> None:
+    results = await asyncio.gather(handler(1), asyncio.ensure_future(handler(2)))
+    assert results == ["report 2", "report 4"]
+
+
+async def test_wait_for() -> None:
+    assert await asyncio.wait_for(handler(3), timeout=5) == "report 6"
+
+
+async def test_wait() -> None:
+    done, pending = await asyncio.wait([asyncio.create_task(handler(i)) for i in range(4)])
+    assert not pending
+    assert sorted(t.result() for t in done) == ["report 0", "report 2", "report 4", "report 6"]
+
+
+async def test_task_group() -> None:
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(handler(i)) for i in range(5)]
+    assert [t.result() for t in tasks] == [f"report {2 * i}" for i in range(5)]
+
+
+async def test_every_task_has_portal() -> None:
+    assert greenback_loop.has_portal()
+
+    async def child() -> bool:
+        return greenback_loop.has_portal()
+
+    assert await asyncio.create_task(child())
+    assert await asyncio.gather(child(), child()) == [True, True]
+    task = asyncio.create_task(child())
+    assert greenback_loop.has_portal(task)
+    await task
+
+
+async def test_ensure_portal_is_a_noop() -> None:
+    await greenback_loop.ensure_portal()
+    await greenback_loop.ensure_portal()
+    assert legacy(5) == "report 10"
+
+
+async def test_user_task_factory_is_kept() -> None:
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.Task[Any]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task)
+        return task
+
+    loop.set_task_factory(factory)
+    try:
+        task = asyncio.create_task(handler(4), name="from-factory")
+        assert await task == "report 8"
+        assert made == [task]
+        assert task.get_name() == "from-factory"
+        assert type(task) is asyncio.Task
+    finally:
+        loop.set_task_factory(None)
+
+
+@needs_eager
+async def test_eager_task_factory() -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    try:
+        steps: list[str] = []
+
+        async def eager() -> str:
+            steps.append("started")
+            return legacy(6)
+
+        task = asyncio.create_task(eager())
+        assert steps == ["started"]  # the first step ran inside create_task
+        assert await task == "report 12"
+
+        async def done_eagerly() -> int:
+            return 7
+
+        t2 = asyncio.create_task(done_eagerly())
+        assert t2.done() and t2.result() == 7
+
+        # an eager task created from sync code inside another task's step
+        def spawn_from_sync() -> asyncio.Task[str]:
+            return asyncio.create_task(handler(8))
+
+        assert await spawn_from_sync() == "report 16"
+    finally:
+        loop.set_task_factory(None)
+
+
+async def test_start_server_handlers_have_portals() -> None:
+    def sync_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await_(reader.readline())
+        writer.write(line.upper())
+        await_(writer.drain())
+        writer.close()
+        await_(writer.wait_closed())
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sync_echo(reader, writer)
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        replies = []
+        for word in (b"alpha\n", b"beta\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(word)
+            await writer.drain()
+            replies.append(await reader.readline())
+            writer.close()
+            await writer.wait_closed()
+    assert replies == [b"ALPHA\n", b"BETA\n"]
+
+
+def test_runner_with_loop_factory(loop_kind: str) -> None:
+    import greenback_loop.uvloop as gb_uvloop
+
+    factory: Any = greenback_loop.new_event_loop
+    if loop_kind == "uvloop":
+        factory = gb_uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert runner.run(handler(1)) == "report 2"
+        assert runner.run(handler(2)) == "report 4"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.run(loop_factory=): 3.12+")
+def test_asyncio_run_with_loop_factory() -> None:
+    assert asyncio.run(handler(3), loop_factory=greenback_loop.new_event_loop) == "report 6"  # type: ignore[call-arg]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 16), reason="policies removed in 3.16")
+def test_policy(loop_kind: str) -> None:
+    import warnings
+
+    policy = greenback_loop.GreenbackPolicy(uvloop=loop_kind == "uvloop")
+    old = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        # asyncio deprecates set_event_loop_policy from 3.14 on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(policy)
+    try:
+        loop = asyncio.new_event_loop()
+        assert greenback_loop._loop.is_portal_loop(loop)
+        loop.close()
+        assert asyncio.run(handler(2)) == "report 4"
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(old)
+
+
+def test_uvloop_dropin() -> None:
+    import uvloop
+
+    import greenback_loop.uvloop as gb_uvloop
+
+    assert gb_uvloop.run(handler(5)) == "report 10"
+    loop = gb_uvloop.new_event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+        assert isinstance(loop, gb_uvloop.Loop)
+        assert loop.run_until_complete(handler(6)) == "report 12"
+    finally:
+        loop.close()
+    with pytest.raises(TypeError, match="greenback_loop.uvloop.Loop"):
+        gb_uvloop.run(handler(1), loop_factory=uvloop.new_event_loop)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 16), reason="policies removed in 3.16")
+def test_uvloop_dropin_policy() -> None:
+    import warnings
+
+    import greenback_loop.uvloop as gb_uvloop
+
+    old = asyncio.get_event_loop_policy()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            gb_uvloop.install()
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, gb_uvloop.Loop)
+        loop.close()
+        assert asyncio.run(handler(7)) == "report 14"
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(old)
+
+
+def test_run_semantics(run: Any) -> None:
+    """run() cancels leftover tasks and lets them unwind, closes the loop."""
+    events: list[str] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def sync_wait_forever() -> None:
+        try:
+            await_(asyncio.Event().wait())
+        finally:
+            events.append("leftover unwound")
+
+    async def leftover() -> None:
+        sync_wait_forever()
+
+    async def main() -> str:
+        loops.append(asyncio.get_running_loop())
+        asyncio.create_task(leftover())
+        await asyncio.sleep(0.01)
+        return "done"
+
+    assert run(main()) == "done"
+    assert events == ["leftover unwound"]
+    assert loops[0].is_closed()
+
+
+def test_run_rejects_running_loop(run: Any) -> None:
+    async def main() -> None:
+        inner = handler(1)
+        try:
+            with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
+                greenback_loop.run(inner)
+        finally:
+            inner.close()
+
+    run(main())
+
+
+def test_run_rejects_non_coroutine() -> None:
+    with pytest.raises((ValueError, TypeError), match="coroutine"):
+        greenback_loop.run(42)  # type: ignore[arg-type]
+
+
+def test_run_debug(run: Any) -> None:
+    async def main() -> bool:
+        return asyncio.get_running_loop().get_debug() and legacy(1) == "report 2"
+
+    assert run(main(), debug=True)
