@@ -55,7 +55,7 @@ _RAISE = 2  # (kind, exception): the coroutine raised
 _SUSPEND = 3  # (kind, value, greenlet, awaitable): await_ suspended the step
 
 _CO_ITERABLE_COROUTINE = 0x100
-_HAS_CR_SUSPENDED = sys.version_info >= (3, 12)
+_HAS_CR_SUSPENDED = hasattr(types.CoroutineType, "cr_suspended")
 _CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
 _getrefcount = getattr(sys, "getrefcount", None)
 

@@ -1,0 +1,402 @@
+"""await_() does what ``await`` does, from synchronous code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import traceback
+import types
+from collections.abc import Generator
+from typing import Any
+
+import greenlet
+import pytest
+
+from greenback_loop import await_
+
+var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+
+async def add_later(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+async def test_value_and_order_of_effects() -> None:
+    log: list[str] = []
+
+    async def step(name: str) -> str:
+        log.append(f"{name} start")
+        await asyncio.sleep(0)
+        log.append(f"{name} end")
+        return name
+
+    def sync_layer() -> list[str]:
+        return [await_(step("a")), await_(step("b"))]
+
+    assert sync_layer() == ["a", "b"]
+    assert log == ["a start", "a end", "b start", "b end"]
+
+
+async def test_other_tasks_run_while_parked() -> None:
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def other() -> None:
+        order.append("other ran")
+        gate.set()
+
+    def sync_wait() -> None:
+        asyncio.get_running_loop().create_task(other())
+        await_(gate.wait())
+        order.append("sync resumed")
+
+    sync_wait()
+    assert order == ["other ran", "sync resumed"]
+
+
+async def test_awaitables_of_every_kind() -> None:
+    loop = asyncio.get_running_loop()
+
+    class Custom:
+        def __await__(self) -> Generator[Any, None, str]:
+            yield from asyncio.sleep(0).__await__()
+            return "custom"
+
+    @types.coroutine
+    def generator_based() -> Generator[Any, None, str]:
+        yield from asyncio.sleep(0).__await__()
+        return "generator-based"
+
+    fut: asyncio.Future[str] = loop.create_future()
+    loop.call_soon(fut.set_result, "future")
+    done: asyncio.Future[str] = loop.create_future()
+    done.set_result("done future")
+    task = asyncio.create_task(add_later(1, 2))
+
+    def sync_layer() -> list[Any]:
+        return [
+            await_(add_later(2, 3)),
+            await_(Custom()),
+            await_(generator_based()),
+            await_(fut),
+            await_(done),
+            await_(task),
+            await_(asyncio.sleep(0, "sleep result")),
+        ]
+
+    assert sync_layer() == [5, "custom", "generator-based", "future", "done future", 3, "sleep result"]
+
+
+async def test_non_suspending_awaitables() -> None:
+    async def immediate(x: int) -> int:
+        return x
+
+    def sync_layer() -> int:
+        return sum(await_(immediate(i)) for i in range(100))
+
+    assert sync_layer() == 4950
+
+
+async def test_not_awaitable_raises_type_error() -> None:
+    def sync_layer(obj: Any) -> Any:
+        return await_(obj)
+
+    with pytest.raises(TypeError, match="can't be awaited|can't be used in 'await'"):
+        sync_layer(42)
+
+    class BadAwait:
+        def __await__(self) -> int:
+            return 1
+
+    with pytest.raises(TypeError, match="non-iterator"):
+        sync_layer(BadAwait())
+
+    class CoroAwait:
+        def __await__(self) -> Any:
+            self.coro = add_later(1, 1)
+            return self.coro
+
+    bad = CoroAwait()
+    with pytest.raises(TypeError, match="returned a coroutine"):
+        sync_layer(bad)
+    bad.coro.close()
+
+
+async def test_reusing_an_awaited_coroutine_raises() -> None:
+    coro = add_later(1, 1)
+
+    def sync_layer() -> None:
+        assert await_(coro) == 2
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await_(coro)
+
+    sync_layer()
+
+
+class Boom(Exception):
+    pass
+
+
+def user_frames(exc: BaseException | None) -> list[str]:
+    """Names of the traceback's frames outside greenback_loop (the pure
+    Python core shows its own frames; the C core has none)."""
+    assert exc is not None
+    return [
+        frame.name
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if "/greenback_loop/" not in frame.filename
+    ]
+
+
+async def fail_later() -> None:
+    await asyncio.sleep(0)
+    raise Boom("from async")
+
+
+def sync_middle() -> None:
+    await_(fail_later())
+
+
+async def test_exception_and_traceback_through_sync_frames() -> None:
+    def sync_top() -> None:
+        sync_middle()
+
+    with pytest.raises(Boom, match="from async") as info:
+        sync_top()
+    assert user_frames(info.value) == ["test_exception_and_traceback_through_sync_frames", "sync_top", "sync_middle", "fail_later"]
+
+
+async def test_exception_escapes_the_task() -> None:
+    async def task_body() -> None:
+        sync_middle()
+
+    task = asyncio.create_task(task_body())
+    with pytest.raises(Boom):
+        await task
+    assert user_frames(task.exception())[-3:] == ["task_body", "sync_middle", "fail_later"]
+
+
+async def test_exception_handled_in_sync_code() -> None:
+    def sync_layer() -> str:
+        try:
+            await_(fail_later())
+        except Boom as exc:
+            return f"handled {exc}"
+        return "not raised"
+
+    assert sync_layer() == "handled from async"
+
+
+async def test_throw_into_custom_awaitable_iterator() -> None:
+    """An exception thrown into the step reaches the awaitable's iterator."""
+    seen: list[str] = []
+
+    class Catcher:
+        def __await__(self) -> Generator[Any, None, str]:
+            try:
+                yield from asyncio.sleep(10).__await__()
+            except asyncio.CancelledError:
+                seen.append("cancel seen by iterator")
+                return "recovered"
+            return "slept"
+
+    def sync_layer() -> str:
+        return await_(Catcher())
+
+    async def body() -> str:
+        return sync_layer()
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0)
+    task.cancel()
+    assert await task == "recovered"
+    assert seen == ["cancel seen by iterator"]
+
+
+async def test_nested_await_() -> None:
+    """sync -> await_ -> async -> sync -> await_ -> async."""
+
+    async def inner(depth: int) -> int:
+        await asyncio.sleep(0)
+        if depth == 0:
+            return 0
+        return sync_level(depth - 1) + 1
+
+    def sync_level(depth: int) -> int:
+        return await_(inner(depth))
+
+    assert sync_level(20) == 20
+
+
+async def test_deep_sync_recursion() -> None:
+    depth = min(sys.getrecursionlimit() - 200, 800)
+
+    def recurse(n: int) -> int:
+        if n == 0:
+            return await_(add_later(0, 1))
+        return recurse(n - 1) + 1
+
+    assert recurse(depth) == depth + 1
+
+
+async def test_await_from_nested_greenlet() -> None:
+    """await_() works from a greenlet started by sync code (SQLAlchemy does)."""
+
+    def in_greenlet() -> int:
+        return await_(add_later(40, 2))
+
+    def sync_layer() -> int:
+        return greenlet.greenlet(in_greenlet).switch()  # type: ignore[no-any-return]
+
+    assert sync_layer() == 42
+
+
+async def greenlet_spawn(fn: Any, *args: Any) -> Any:
+    """SQLAlchemy's bridge, in miniature: run *fn* in a child greenlet that
+    hands awaitables back to this coroutine, which awaits them."""
+    driver = greenlet.getcurrent()
+    child = greenlet.greenlet(fn, driver)
+    child.gr_context = driver.gr_context
+    result = child.switch(*args)
+    while not child.dead:
+        try:
+            value = await result
+        except BaseException as exc:
+            result = child.throw(exc)
+        else:
+            result = child.switch(value)
+    return result
+
+
+def await_only(aw: Any) -> Any:
+    return greenlet.getcurrent().parent.switch(aw)
+
+
+async def test_sqlalchemy_style_bridge_across_steps() -> None:
+    """A greenlet whose parent is the task's greenlet outlives steps, while
+    other tasks run in between: its parent chain must stay valid."""
+
+    def db_work(n: int) -> int:
+        total = 0
+        for i in range(5):
+            total += await_only(add_later(n, i))  # suspends the whole task
+            total += await_(add_later(0, 1))  # greenback_loop from the same greenlet
+        return total
+
+    async def worker(n: int) -> int:
+        return await greenlet_spawn(db_work, n)
+
+    results = await asyncio.gather(*(worker(n) for n in range(20)))
+    assert results == [5 * n + 10 + 5 for n in range(20)]
+
+
+async def test_task_holding_its_greenlet_across_awaits() -> None:
+    """Code that keeps greenlet.getcurrent() across an await and switches
+    back into it later must find the same greenlet running the task."""
+
+    async def body(n: int) -> bool:
+        me = greenlet.getcurrent()
+        await asyncio.sleep(0)
+        return greenlet.getcurrent() is me
+
+    assert all(await asyncio.gather(*(body(n) for n in range(10))))
+
+
+async def test_contextvars_both_ways() -> None:
+    async def read_and_write() -> str:
+        seen = var.get()
+        var.set("set by async")
+        await asyncio.sleep(0)
+        return seen
+
+    def sync_layer() -> tuple[str, str, str]:
+        var.set("set by sync")
+        seen_by_async = await_(read_and_write())
+        return seen_by_async, var.get(), contextvars.copy_context()[var]
+
+    async def body() -> tuple[tuple[str, str, str], str]:
+        var.set("set by task")
+        result = sync_layer()
+        return result, var.get()
+
+    result, after = await asyncio.create_task(body())
+    assert result == ("set by sync", "set by async", "set by async")
+    assert after == "set by async"
+    assert var.get() == "unset"  # the task ran in its own context
+
+
+async def test_contextvars_isolated_between_tasks() -> None:
+    async def body(n: int) -> list[str]:
+        var.set(f"task {n}")
+        seen = []
+        for _ in range(3):
+            await_(asyncio.sleep(0))
+            seen.append(var.get())
+        return seen
+
+    results = await asyncio.gather(*(body(n) for n in range(5)))
+    assert results == [[f"task {n}"] * 3 for n in range(5)]
+
+
+async def test_current_task_in_sync_code() -> None:
+    def sync_layer() -> tuple[asyncio.Task[Any] | None, asyncio.Task[Any] | None]:
+        before = asyncio.current_task()
+        await_(asyncio.sleep(0))
+        return before, asyncio.current_task()
+
+    async def body() -> tuple[Any, Any, Any]:
+        return asyncio.current_task(), *sync_layer()
+
+    task = asyncio.create_task(body())
+    me, before, after = await task
+    assert me is before is after is task
+
+
+async def test_tasks_created_from_sync_code() -> None:
+    def sync_layer() -> list[int]:
+        tasks = [asyncio.get_running_loop().create_task(add_later(i, i)) for i in range(5)]
+        return [await_(t) for t in tasks]
+
+    assert sync_layer() == [0, 2, 4, 6, 8]
+
+
+async def test_async_generator_in_sync_code() -> None:
+    async def agen() -> Any:
+        for i in range(3):
+            await asyncio.sleep(0)
+            yield i
+
+    def sync_layer() -> list[int]:
+        it = agen()
+        out = []
+        try:
+            while True:
+                out.append(await_(it.__anext__()))
+        except StopAsyncIteration:
+            pass
+        return out
+
+    assert sync_layer() == [0, 1, 2]
+
+
+async def test_many_concurrent_parked_tasks() -> None:
+    n = 20_000
+    gate = asyncio.Event()
+    parked = 0
+
+    def sync_wait(i: int) -> int:
+        nonlocal parked
+        parked += 1
+        await_(gate.wait())
+        return i
+
+    async def body(i: int) -> int:
+        return sync_wait(i)
+
+    tasks = [asyncio.create_task(body(i)) for i in range(n)]
+    while parked < n:
+        await asyncio.sleep(0)
+    gate.set()
+    assert sum(await asyncio.gather(*tasks)) == n * (n - 1) // 2

@@ -1,0 +1,175 @@
+"""await_() outside a portal: a clear RuntimeError, never a crash or a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+import greenback_loop
+from greenback_loop import await_
+
+
+async def answer() -> int:
+    await asyncio.sleep(0)
+    return 42
+
+
+def test_no_event_loop() -> None:
+    with pytest.raises(RuntimeError, match="no event loop running in this thread"):
+        await_(answer())  # the coroutine is closed: no "never awaited" warning
+
+
+def test_non_awaitable_outside_portal_still_runtime_error() -> None:
+    with pytest.raises(RuntimeError, match="no event loop"):
+        await_(42)  # type: ignore[arg-type]
+
+
+async def test_loop_callback() -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[BaseException] = loop.create_future()
+
+    def callback() -> None:
+        try:
+            await_(answer())
+        except BaseException as exc:
+            fut.set_result(exc)
+
+    loop.call_soon(callback)
+    exc = await fut
+    assert isinstance(exc, RuntimeError)
+    assert "outside of any task" in str(exc)
+
+
+async def test_other_thread() -> None:
+    def in_thread() -> BaseException | None:
+        try:
+            await_(asyncio.sleep(0))
+        except BaseException as exc:
+            return exc
+        return None
+
+    exc = await asyncio.to_thread(in_thread)
+    assert isinstance(exc, RuntimeError)
+    assert "run_coroutine_threadsafe" in str(exc)
+
+
+def test_plain_loop_task(run_plain: Any) -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="not a greenback_loop event loop"):
+            await_(answer())
+        assert not greenback_loop.has_portal()
+
+    run_plain(main())
+
+
+async def test_task_constructed_directly() -> None:
+    async def body() -> None:
+        await_(answer())
+
+    task = asyncio.Task(body())
+    with pytest.raises(RuntimeError, match=r"constructed directly with asyncio\.Task\(\)"):
+        await task
+
+
+async def test_nested_greenlet_not_under_the_task() -> None:
+    import greenlet
+
+    results: list[BaseException] = []
+    task_greenlet = greenlet.getcurrent()
+
+    def foreign() -> None:
+        try:
+            await_(answer())
+        except BaseException as exc:
+            results.append(exc)
+        task_greenlet.switch()
+
+    # a greenlet whose parent is the thread's main greenlet, not the task's
+    main = task_greenlet
+    while main.parent is not None:
+        main = main.parent
+    greenlet.greenlet(foreign, parent=main).switch()
+    assert len(results) == 1 and isinstance(results[0], RuntimeError)
+    assert "does not descend" in str(results[0])
+
+
+def test_ensure_portal_on_plain_loop(run_plain: Any) -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="not supported yet.*greenback_loop.run"):
+            await greenback_loop.ensure_portal()
+        task = asyncio.current_task()
+        assert task is not None
+        with pytest.raises(RuntimeError, match="bestow_portal"):
+            greenback_loop.bestow_portal(task)
+        with pytest.raises(RuntimeError, match="needs a greenback_loop event loop"):
+            await greenback_loop.with_portal_run_tree(answer)
+
+    run_plain(main())
+
+
+def test_ensure_portal_outside_task() -> None:
+    with pytest.raises(RuntimeError, match="must be called from an asyncio task"):
+        asyncio.run(_call_ensure_portal_in_callback())
+
+
+async def _call_ensure_portal_in_callback() -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def callback() -> None:
+        coro = greenback_loop.ensure_portal()
+        try:
+            coro.send(None)
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    loop.call_soon(callback)
+    await done
+
+
+def test_bestow_portal_type_error() -> None:
+    with pytest.raises(TypeError, match="asyncio.Task"):
+        greenback_loop.bestow_portal(object())  # type: ignore[arg-type]
+
+
+async def test_portal_rejects_non_coroutine() -> None:
+    from greenback_loop import _impl
+
+    with pytest.raises(TypeError, match="must be a coroutine, not int"):
+        _impl.core.Portal(42)
+
+
+async def test_create_task_rejects_non_coroutine() -> None:
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TypeError):
+        loop.create_task(42)  # type: ignore[arg-type]
+
+
+def test_run_in_other_threads_each_with_own_loop(loop_kind: str) -> None:
+    """Threads each run their own greenback_loop loop concurrently."""
+    results: dict[int, Any] = {}
+
+    def sync_layer(n: int) -> int:
+        return sum(await_(asyncio.sleep(0.001, i)) for i in range(20)) + n
+
+    async def main(n: int) -> list[int]:
+        async def one(i: int) -> int:
+            return sync_layer(i)
+
+        return await asyncio.gather(*(one(i) for i in range(10)))
+
+    def thread_main(n: int) -> None:
+        try:
+            results[n] = greenback_loop.run(main(n), uvloop=loop_kind == "uvloop")
+        except BaseException as exc:  # pragma: no cover - reported below
+            results[n] = exc
+
+    threads = [threading.Thread(target=thread_main, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {n: [190 + i for i in range(10)] for n in range(4)}

@@ -1,0 +1,279 @@
+"""The portal looks like the coroutine it wraps to everything that inspects
+or drives a task's coroutine."""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import inspect
+import sys
+import types
+import warnings
+from typing import Any
+
+import pytest
+
+from greenback_loop import _impl, await_
+
+
+def Portal(coro: Any) -> Any:
+    return _impl.core.Portal(coro)
+
+
+async def parked_forever(gate: asyncio.Event) -> None:
+    def sync_wait() -> None:
+        await_(gate.wait())
+
+    sync_wait()
+
+
+async def test_task_keeps_asyncio_task_type_and_coroutine_protocol() -> None:
+    task = asyncio.create_task(asyncio.sleep(0))
+    assert type(task) is asyncio.Task
+    coro = task.get_coro()
+    assert asyncio.iscoroutine(coro)
+    assert isinstance(coro, collections.abc.Coroutine)
+    await task
+
+
+async def test_repr_matches_plain_task() -> None:
+    gate = asyncio.Event()
+    task = asyncio.create_task(parked_forever(gate), name="worker")
+    plain = asyncio.Task(parked_forever(gate), name="worker")
+    assert repr(task).split(" running at ")[0] == repr(plain).split(" running at ")[0]
+    assert "coro=<parked_forever() running at " in repr(task)
+    await asyncio.sleep(0)
+    r = repr(task)
+    assert "coro=<parked_forever() running at " in r and __file__ in r
+    gate.set()
+    await task
+    plain.cancel()
+    with pytest.raises((asyncio.CancelledError, RuntimeError)):
+        await plain
+    assert "coro=<parked_forever() done, defined at " in repr(task)
+
+
+async def test_get_stack_while_suspended_normally() -> None:
+    gate = asyncio.Event()
+
+    async def waiter() -> None:
+        await gate.wait()
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    stack = task.get_stack()
+    assert [f.f_code.co_name for f in stack] == ["waiter"]
+    gate.set()
+    await task
+
+
+async def test_get_stack_while_parked_in_await_() -> None:
+    gate = asyncio.Event()
+    task = asyncio.create_task(parked_forever(gate))
+    await asyncio.sleep(0)
+    names = [f.f_code.co_name for f in task.get_stack()]
+    assert names[-1] == "parked_forever"
+    gate.set()
+    await task
+
+
+async def test_coroutine_state_and_cr_await() -> None:
+    gate = asyncio.Event()
+    task = asyncio.create_task(parked_forever(gate))
+    portal = task.get_coro()
+    assert portal.cr_code is parked_forever.__code__
+    assert portal.__name__ == "parked_forever"
+    assert portal.__qualname__ == "parked_forever"
+    assert inspect.getcoroutinestate(portal) == inspect.CORO_CREATED  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    # parked inside await_: suspended, awaiting what await_ drives
+    assert inspect.getcoroutinestate(portal) == inspect.CORO_SUSPENDED  # type: ignore[arg-type]
+    assert portal.cr_running is False
+    assert inspect.iscoroutine(portal.cr_await)
+    assert portal.cr_await.cr_code is asyncio.Event.wait.__code__
+    if hasattr(types.CoroutineType, "cr_suspended"):
+        assert portal.cr_suspended is True
+    assert portal.cr_frame.f_code is parked_forever.__code__
+    gate.set()
+    await task
+    assert inspect.getcoroutinestate(portal) == inspect.CORO_CLOSED  # type: ignore[arg-type]
+    assert portal.cr_await is None
+
+
+async def test_cr_running_inside_the_step() -> None:
+    async def body() -> bool:
+        task = asyncio.current_task()
+        assert task is not None
+        return task.get_coro().cr_running  # type: ignore[no-any-return, union-attr]
+
+    assert await asyncio.create_task(body()) is True
+
+
+async def test_cr_origin_forwarded() -> None:
+    loop = asyncio.get_running_loop()
+    sys.set_coroutine_origin_tracking_depth(2)
+    try:
+        task = loop.create_task(asyncio.sleep(0))
+    finally:
+        sys.set_coroutine_origin_tracking_depth(0)
+    assert task.get_coro().cr_origin is not None  # type: ignore[union-attr]
+    await task
+
+
+def drive(portal: Any, value: Any = None) -> Any:
+    try:
+        return portal.send(value)
+    except StopIteration as exc:
+        return ("returned", exc.value)
+
+
+@types.coroutine
+def suspend(value: Any) -> Any:
+    return (yield value)
+
+
+def test_protocol_send_throw_close() -> None:
+    async def body() -> str:
+        got = await suspend("first")
+        try:
+            await suspend("second")
+        except KeyError as exc:
+            return f"{got} {exc.args[0]}"
+        return "no"
+
+    portal = Portal(body())
+    assert portal.__await__() is portal
+    assert iter(portal) is portal
+    assert next(portal) == "first"
+    assert portal.send("sent") == "second"
+    with pytest.raises(StopIteration) as info:
+        portal.throw(KeyError("thrown"))
+    assert info.value.value == "sent thrown"
+
+
+def test_protocol_throw_signatures() -> None:
+    async def body() -> None:
+        await suspend(1)
+
+    for args in [(ValueError,), (ValueError, "v"), (ValueError, ValueError("v"))]:
+        portal = Portal(body())
+        portal.send(None)
+        if len(args) > 1 and sys.version_info >= (3, 12):
+            with pytest.warns(DeprecationWarning), pytest.raises(ValueError):
+                portal.throw(*args)
+        else:
+            with pytest.raises(ValueError):
+                portal.throw(*args)
+    portal = Portal(body())
+    try:
+        with pytest.raises(TypeError, match="exceptions must be classes or instances"):
+            portal.throw(42)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with pytest.raises(TypeError, match="instance exception may not have a separate value"):
+                portal.throw(ValueError("x"), "y")
+    finally:
+        portal.close()
+
+
+def test_close_never_started() -> None:
+    async def body() -> None:
+        raise AssertionError("never runs")
+
+    portal = Portal(body())
+    portal.close()  # no "never awaited" warning, nothing runs
+    assert inspect.getcoroutinestate(portal) == inspect.CORO_CLOSED
+
+
+def test_close_parked_in_await_unwinds_sync_frames() -> None:
+    events: list[str] = []
+
+    def sync_layer() -> None:
+        try:
+            await_(suspend_coro())
+        except GeneratorExit:
+            events.append("GeneratorExit at await_")
+            raise
+        finally:
+            events.append("sync finally")
+
+    async def suspend_coro() -> None:
+        await suspend("parked")
+
+    async def body() -> None:
+        try:
+            sync_layer()
+        finally:
+            events.append("async finally")
+
+    portal = Portal(body())
+    assert portal.send(None) == "parked"
+    assert portal.cr_running is False
+    portal.close()
+    assert events == ["GeneratorExit at await_", "sync finally", "async finally"]
+    assert inspect.getcoroutinestate(portal) == inspect.CORO_CLOSED
+
+
+def test_close_parked_ignoring_generator_exit() -> None:
+    def stubborn() -> None:
+        try:
+            await_(suspend_once())
+        except GeneratorExit:
+            pass
+        await_(suspend_once())
+
+    async def suspend_once() -> None:
+        await suspend("parked")
+
+    async def body() -> None:
+        stubborn()
+
+    portal = Portal(body())
+    portal.send(None)
+    with pytest.raises(RuntimeError, match="ignored GeneratorExit"):
+        portal.close()
+    # still parked: a second close unwinds it for good
+    portal.close()
+
+
+def test_parked_portal_dropped_unwinds() -> None:
+    events: list[str] = []
+
+    def sync_layer() -> None:
+        try:
+            await_(suspend_coro())
+        finally:
+            events.append("sync finally")
+
+    async def suspend_coro() -> None:
+        await suspend("parked")
+
+    async def body() -> None:
+        sync_layer()
+
+    portal = Portal(body())
+    portal.send(None)
+    del portal
+    assert events == ["sync finally"]
+
+
+def test_send_while_running_raises() -> None:
+    holder: list[Any] = []
+
+    async def body() -> None:
+        with pytest.raises(ValueError, match="already executing"):
+            holder[0].send(None)
+
+    portal = Portal(body())
+    holder.append(portal)
+    drive(portal)
+
+
+def test_exhausted_portal_raises_like_a_coroutine() -> None:
+    async def body() -> int:
+        return 1
+
+    portal = Portal(body())
+    assert drive(portal) == ("returned", 1)
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+        portal.send(None)
