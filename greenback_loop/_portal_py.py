@@ -22,9 +22,11 @@ the runner pool
     portal then hands the yielded value to the task as if the coroutine had
     yielded it.
 
-Messages from a runner (or from ``await_``) to the stepping greenlet go
-through the per-thread ``msg`` slot rather than through switch arguments, so
-no suspended frame keeps a yielded value or an exception alive.
+Jobs to a runner (or to a greenlet parked in ``await_``) and messages back to
+the stepping greenlet go through the per-thread ``job`` and ``msg`` slots,
+never through switch arguments: a suspended frame (or greenlet's own start-up
+code, which keeps the arguments of a greenlet's first switch) would otherwise
+keep a coroutine, a yielded value or an exception alive.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class _ThreadState(threading.local):
         self.current: Portal | None = None
         #: Idle runner greenlets.
         self.pool: list[greenlet] = []
+        #: The job for the runner or parked greenlet being switched to.
+        self.job: tuple[Any, ...] | None = None
         #: The message left by the runner or await_ for the stepping greenlet.
         self.msg: tuple[Any, ...] | None = None
         hub = getcurrent()
@@ -83,12 +87,12 @@ _runners_created = 0
 _RUNNER_REFS: int = -1
 
 
-def _runner_main(job: tuple[Any, bool, Any]) -> None:
+def _runner_main() -> None:
     """Body of a runner greenlet: run one step per job, forever."""
     st = _state
     while True:
-        coro, throw, arg = job
-        job = None  # type: ignore[assignment]
+        coro, throw, arg = st.job  # type: ignore[misc]
+        st.job = None
         try:
             if throw:
                 value = coro.throw(arg)
@@ -101,14 +105,13 @@ def _runner_main(job: tuple[Any, bool, Any]) -> None:
             # while it was parked): end it.
             raise
         except BaseException as exc:
-            tb = exc.__traceback__
-            if tb is not None:
-                exc.__traceback__ = tb.tb_next  # hide this frame
+            if exc.__traceback__ is not None:
+                exc.__traceback__ = exc.__traceback__.tb_next  # hide this frame
             st.msg = (_RAISE, exc)
         else:
             st.msg = (_YIELD, value)
         coro = arg = value = None
-        job = getcurrent().parent.switch()
+        getcurrent().parent.switch()
 
 
 class Portal:
@@ -196,7 +199,7 @@ class Portal:
         if resume is not None:
             assert runner is not None
             target = resume
-            job: Any = (throw, arg)
+            st.job = (throw, arg)
             awaiting = self._awaiting
             self._resume = self._awaiting = None
         else:
@@ -205,7 +208,8 @@ class Portal:
                 runner = pool.pop() if pool else _new_runner()
                 self._runner = runner
             target = runner
-            job = (self._coro, throw, arg)
+            st.job = (self._coro, throw, arg)
+        arg = None
         cur = getcurrent()
         runner.parent = cur
         runner.gr_context = cur.gr_context
@@ -213,10 +217,10 @@ class Portal:
         st.current = self
         self._stepping = True
         try:
-            ret = target.switch(job)
+            ret = target.switch()
         except BaseException as exc:
             st.current = prev
-            st.msg = None
+            st.job = st.msg = None
             self._stepping = False
             if runner.dead:
                 self._runner = None
@@ -232,7 +236,7 @@ class Portal:
         self._stepping = False
         msg = st.msg
         st.msg = None
-        job = cur = target = resume = None
+        cur = target = resume = None
         hub = st.hub
         if msg is None:
             # No message: the runner ended (the coroutine raised
@@ -450,9 +454,12 @@ def await_(aw: Awaitable[T]) -> T:
         st.msg = (_SUSPEND, value, getcurrent(), aw)
         value = None
         try:
-            throw, arg = st.current._runner.parent.switch()  # type: ignore[union-attr]
+            st.current._runner.parent.switch()  # type: ignore[union-attr]
         except BaseException as exc:  # killed, or thrown into by greenlet.throw
             throw, arg = True, exc
+        else:
+            throw, arg = st.job  # type: ignore[misc]
+            st.job = None
 
 
 def _throw_into(it: Any, exc: BaseException) -> Any:

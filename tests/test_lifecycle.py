@@ -1,0 +1,310 @@
+"""Teardown: loops closed or dropped with tasks parked in await_, threads,
+interpreter exit. Crash cases run in a subprocess, checked by exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+import greenback_loop
+from greenback_loop import _impl, await_
+
+
+def run_script(source: str, loop_kind: str, impl: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if impl == "python":
+        env["GREENBACK_LOOP_NO_EXTENSIONS"] = "1"
+    prelude = textwrap.dedent(
+        f"""
+        import asyncio, gc, sys, threading
+        import greenback_loop
+        from greenback_loop import await_
+        UVLOOP = {loop_kind == "uvloop"!r}
+        assert greenback_loop.implementation == {impl!r}, greenback_loop.implementation
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-X", "dev", "-c", prelude + textwrap.dedent(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def assert_clean_exit(proc: subprocess.CompletedProcess[str], stdout: str) -> None:
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == stdout
+    assert "Fatal Python error" not in proc.stderr
+    assert "Segmentation fault" not in proc.stderr
+
+
+def test_exit_with_tasks_parked_and_loop_left_open(loop_kind: str, impl: str) -> None:
+    proc = run_script(
+        """
+        loop = greenback_loop.new_event_loop(uvloop=UVLOOP)
+
+        def park(event):
+            await_(event.wait())
+
+        async def worker(event):
+            park(event)
+
+        async def main():
+            event = asyncio.Event()
+            global tasks
+            tasks = [asyncio.create_task(worker(event)) for _ in range(100)]
+            await asyncio.sleep(0.01)
+            print("parked")
+
+        loop.run_until_complete(main())
+        # exit with the loop open and 100 tasks parked inside await_
+        """,
+        loop_kind,
+        impl,
+    )
+    assert_clean_exit(proc, "parked\n")
+
+
+def test_exit_after_loop_closed_with_tasks_parked(loop_kind: str, impl: str) -> None:
+    proc = run_script(
+        """
+        def park():
+            try:
+                await_(asyncio.sleep(3600))
+            finally:
+                pass
+
+        async def worker():
+            park()
+
+        async def main():
+            global tasks
+            tasks = [asyncio.create_task(worker()) for _ in range(100)]
+            await asyncio.sleep(0.01)
+
+        loop = greenback_loop.new_event_loop(uvloop=UVLOOP)
+        loop.run_until_complete(main())
+        loop.close()
+        del loop
+        tasks.clear()
+        gc.collect()
+        print("closed")
+        """,
+        loop_kind,
+        impl,
+    )
+    assert_clean_exit(proc, "closed\n")
+
+
+def test_exit_from_thread_loops_with_parked_tasks(loop_kind: str, impl: str) -> None:
+    proc = run_script(
+        """
+        def park(event):
+            await_(event.wait())
+
+        async def worker(event):
+            park(event)
+
+        def thread_main():
+            loop = greenback_loop.new_event_loop(uvloop=UVLOOP)
+            async def main():
+                event = asyncio.Event()
+                for _ in range(20):
+                    asyncio.create_task(worker(event))
+                await asyncio.sleep(0.01)
+            loop.run_until_complete(main())
+            # thread ends with its loop open and tasks parked
+
+        threads = [threading.Thread(target=thread_main) for _ in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        gc.collect()
+        print("threads done")
+        """,
+        loop_kind,
+        impl,
+    )
+    assert_clean_exit(proc, "threads done\n")
+
+
+def test_exit_via_sys_exit_inside_await_(loop_kind: str, impl: str) -> None:
+    proc = run_script(
+        """
+        async def bye():
+            await asyncio.sleep(0)
+            sys.exit(3)
+
+        def sync_layer():
+            await_(bye())
+
+        async def main():
+            sync_layer()
+
+        greenback_loop.run(main(), uvloop=UVLOOP)
+        """,
+        loop_kind,
+        impl,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Fatal Python error" not in proc.stderr
+
+
+def test_loop_closed_with_parked_tasks_in_process(run: Any, loop_kind: str) -> None:
+    """Closing a loop with tasks parked inside await_ neither raises nor
+    hangs; the tasks stay pending, as plain tasks would."""
+    loop = greenback_loop.new_event_loop(uvloop=loop_kind == "uvloop")
+    gate_holder: list[asyncio.Event] = []
+
+    def park() -> None:
+        await_(gate_holder[0].wait())
+
+    async def worker() -> None:
+        park()
+
+    async def main() -> list[asyncio.Task[None]]:
+        gate_holder.append(asyncio.Event())
+        tasks = [asyncio.create_task(worker()) for _ in range(10)]
+        await asyncio.sleep(0.01)
+        return tasks
+
+    tasks = loop.run_until_complete(main())
+    loop.close()
+    assert not any(t.done() for t in tasks)
+    assert all(t.get_coro().cr_running is False for t in tasks)  # type: ignore[union-attr]
+
+
+class OrphanFuture:
+    """An awaitable that blocks on a future only the task will reference."""
+
+    def __await__(self) -> Any:
+        return self
+
+    def __next__(self) -> asyncio.Future[None]:
+        # Yield a new blocking future and keep no reference to it.
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut._asyncio_future_blocking = True
+        return fut
+
+    def __iter__(self) -> Any:
+        return self
+
+
+async def test_dropped_task_suspended_normally_is_collected(caplog: Any) -> None:
+    """A pending task that nothing references is collected, as on a plain
+    loop: asyncio reports it and its coroutine is closed."""
+    import weakref
+
+    events: list[str] = []
+
+    async def body() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            events.append("finally ran")
+
+    task = asyncio.create_task(body())
+    ref = weakref.ref(task)
+    await asyncio.sleep(0)
+    del task
+    gc.collect()
+    assert ref() is None
+    assert events == ["finally ran"]
+    assert "Task was destroyed but it is pending" in caplog.text
+
+
+async def test_dropped_task_parked_in_await_is_collected(caplog: Any) -> None:
+    """A task parked in await_() on something that holds nothing of the task
+    is collected when dropped: GeneratorExit is raised at the await_() call
+    and the synchronous frames unwind."""
+    import weakref
+
+    events: list[str] = []
+
+    def sync_layer() -> None:
+        try:
+            await_(OrphanFuture())
+        except GeneratorExit:
+            events.append("GeneratorExit at await_")
+            raise
+        finally:
+            events.append("sync finally")
+
+    async def body() -> None:
+        try:
+            sync_layer()
+        finally:
+            events.append("async finally")
+
+    task = asyncio.create_task(body())
+    ref = weakref.ref(task)
+    await asyncio.sleep(0)
+    assert task.get_coro().cr_await is not None  # type: ignore[union-attr]
+    del task
+    gc.collect()
+    assert ref() is None
+    assert events == ["GeneratorExit at await_", "sync finally", "async finally"]
+    assert "Task was destroyed but it is pending" in caplog.text
+
+
+async def test_finished_tasks_leave_nothing_behind() -> None:
+    """After parked tasks finish, nothing of them stays reachable: the runner
+    greenlets (many of them new, since every parked task pins one) hold no
+    reference to the tasks, their coroutines, contexts or results."""
+    import weakref
+
+    class Payload:
+        pass
+
+    refs: list[weakref.ref[Any]] = []
+    gate = asyncio.Event()
+
+    def sync_layer() -> Payload:
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        await_(gate.wait())
+        return payload
+
+    async def body() -> None:
+        sync_layer()
+
+    async def spawn_and_wait() -> None:
+        coros = [body() for _ in range(200)]
+        refs.extend(weakref.ref(c) for c in coros)
+        tasks = [asyncio.create_task(c) for c in coros]
+        del coros
+        refs.extend(weakref.ref(t) for t in tasks)
+        await asyncio.sleep(0)
+        gate.set()
+        for t in tasks:
+            await t
+
+    await spawn_and_wait()
+    await asyncio.sleep(0)  # let the loop drop its last wakeup handle
+    gc.collect()
+    alive = [r() for r in refs if r() is not None]
+    assert alive == []
+
+
+async def test_runners_are_reused(impl: str) -> None:
+    from greenback_loop import _portal_py
+
+    if impl != "python":
+        pytest.skip("counts the twin's runners")
+
+    async def step_a_lot() -> None:
+        for _ in range(100):
+            await asyncio.sleep(0)
+            await_(asyncio.sleep(0))
+
+    await asyncio.create_task(step_a_lot())
+    before = _portal_py._debug_runners_created()
+    await asyncio.gather(*(step_a_lot() for _ in range(5)))
+    assert _portal_py._debug_runners_created() - before <= 5
