@@ -1,0 +1,66 @@
+"""The project around the code: implementation choice, demo, documentation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import greenback_loop
+from greenback_loop import _impl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_implementation_attribute(impl: str) -> None:
+    assert greenback_loop.implementation == impl
+    assert _impl.implementation == impl
+
+
+def test_no_extensions_env_selects_python_core(impl: str) -> None:
+    env = dict(os.environ, GREENBACK_LOOP_NO_EXTENSIONS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", "import greenback_loop; print(greenback_loop.implementation)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert out.stdout.strip() == "python"
+
+
+def test_unknown_implementation_rejected(impl: str) -> None:
+    with pytest.raises(ValueError, match="unknown or unavailable implementation 'fortran'"):
+        _impl.select("fortran")
+    assert greenback_loop.implementation == impl
+
+
+def test_demo_runs(impl: str) -> None:
+    env = dict(os.environ)
+    if impl == "python":
+        env["GREENBACK_LOOP_NO_EXTENSIONS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "greenback_loop.demo", "--tasks", "20", "--orders", "3", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("same end state: yes") == 2
+    assert "INCONSISTENT" not in proc.stdout
+
+
+def test_docs_build_without_warnings(tmp_path: Path, impl: str) -> None:
+    if impl != _impl.AVAILABLE[0]:
+        pytest.skip("built once")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
