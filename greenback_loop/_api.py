@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from . import _impl
 from ._errors import no_retrofit_error
@@ -15,9 +16,7 @@ T = TypeVar("T")
 
 # Tasks that are inside with_portal_run()/with_portal_run_sync() right now,
 # with how many such calls are active in each.
-_portal_run_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
-    weakref.WeakKeyDictionary()
-)
+_portal_run_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 
 
 def _current_task(what: str) -> asyncio.Task[Any]:
@@ -25,8 +24,7 @@ def _current_task(what: str) -> asyncio.Task[Any]:
         asyncio.get_running_loop()
     except RuntimeError:
         raise RuntimeError(
-            f"{what} must be called from an asyncio task: no event loop is "
-            "running in this thread"
+            f"{what} must be called from an asyncio task: no event loop is running in this thread"
         ) from None
     task = asyncio.current_task()
     if task is None:
@@ -80,7 +78,7 @@ def has_portal(task: asyncio.Task[Any] | None = None) -> bool:
     except RuntimeError:
         current = None
     if task is None or task is current:
-        return _impl.core.in_portal()
+        return bool(_impl.core.in_portal())
     return _task_has_portal(task)
 
 
@@ -117,7 +115,7 @@ async def with_portal_run(async_fn: Callable[..., Awaitable[T]], *args: Any, **k
         return await async_fn(*args, **kwds)
     aw = async_fn(*args, **kwds)
     coro = aw if asyncio.iscoroutine(aw) else _adapt(aw)
-    return await _in_new_portal(coro)  # type: ignore[arg-type]
+    return await _in_new_portal(coro)
 
 
 async def with_portal_run_sync(sync_fn: Callable[..., T], *args: Any, **kwds: Any) -> T:
@@ -145,9 +143,7 @@ def _require_tree_portals(what: str) -> None:
         )
 
 
-async def with_portal_run_tree(
-    async_fn: Callable[..., Awaitable[T]], *args: Any, **kwds: Any
-) -> T:
+async def with_portal_run_tree(async_fn: Callable[..., Awaitable[T]], *args: Any, **kwds: Any) -> T:
     """Run ``await async_fn(*args, **kwds)`` with :func:`await_` available to
     it and to every task it spawns, recursively.
 

@@ -61,8 +61,7 @@ def no_portal_error(nested: bool) -> RuntimeError:
     return RuntimeError(
         f"greenback_loop.await_() was called in task {task.get_name()!r}, "
         f"which has no portal: its event loop ({type(loop).__module__}."
-        f"{type(loop).__qualname__}) is not a greenback_loop event loop. "
-        + _RUN_HINT
+        f"{type(loop).__qualname__}) is not a greenback_loop event loop. " + _RUN_HINT
     )
 
 
@@ -72,6 +71,5 @@ def no_retrofit_error(what: str, loop: object) -> RuntimeError:
     return RuntimeError(
         f"{what} cannot add a portal to a task that was created without one "
         f"(event loop: {type(loop).__module__}.{type(loop).__qualname__}); "
-        "giving a portal to an existing asyncio task is not supported yet. "
-        + _RUN_HINT
+        "giving a portal to an existing asyncio task is not supported yet. " + _RUN_HINT
     )

@@ -6,8 +6,9 @@ import asyncio
 import sys
 import threading
 import warnings
+from collections.abc import Coroutine
 from functools import partial
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 from . import _impl
 
@@ -42,7 +43,7 @@ class PortalLoopMixin:
         return super().create_task(wrap(coro), *args, **kwargs)  # type: ignore[misc]
 
 
-class EventLoop(PortalLoopMixin, _BaseEventLoop):  # type: ignore[misc,valid-type]
+class EventLoop(PortalLoopMixin, _BaseEventLoop):
     """asyncio's default event loop class, with a portal in every task."""
 
 
@@ -68,9 +69,7 @@ def new_event_loop(*, uvloop: bool = False) -> asyncio.AbstractEventLoop:
     return EventLoop()
 
 
-def run(
-    main: Coroutine[Any, Any, T], *, debug: bool | None = None, uvloop: bool = False
-) -> T:
+def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None, uvloop: bool = False) -> T:
     """Run the coroutine *main* on a new greenback_loop event loop and return
     its result, like :func:`asyncio.run`.
 

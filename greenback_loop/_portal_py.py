@@ -35,7 +35,8 @@ import collections.abc
 import sys
 import threading
 import types
-from typing import Any, Awaitable, Generator, TypeVar
+from collections.abc import Awaitable, Generator
+from typing import Any, TypeVar
 
 from greenlet import GreenletExit, getcurrent, greenlet
 from greenlet import error as greenlet_error
@@ -290,7 +291,7 @@ class Portal:
 
     @property
     def cr_running(self) -> bool:
-        return self._resume is None and self._coro.cr_running  # type: ignore[no-any-return]
+        return self._resume is None and bool(self._coro.cr_running)
 
     @property
     def cr_await(self) -> Any:
@@ -302,7 +303,7 @@ class Portal:
 
         @property
         def cr_suspended(self) -> bool:
-            return self._resume is not None or self._coro.cr_suspended  # type: ignore[no-any-return]
+            return self._resume is not None or bool(self._coro.cr_suspended)
 
     def __getattr__(self, name: str) -> Any:
         # Reached for what Portal itself lacks: __name__, __qualname__ (a

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import functools
-from typing import (
-    Any,
-    AsyncContextManager,
+from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
+    AsyncIterator,
     Awaitable,
     Callable,
-    Generic,
     Iterator,
-    TypeVar,
-    cast,
-    overload,
 )
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, TypeVar, cast, overload
 
 from . import _impl
 from ._api import with_portal_run_sync
@@ -101,7 +98,7 @@ class async_context(Generic[T]):
 
     __slots__ = ("_cm", "_aexit")
 
-    def __init__(self, cm: AsyncContextManager[T]) -> None:
+    def __init__(self, cm: AbstractAsyncContextManager[T]) -> None:
         self._cm = cm
 
     def __enter__(self) -> T:
@@ -141,6 +138,7 @@ class async_iter(Generic[T]):
     """
 
     __slots__ = ("_it",)
+    _it: AsyncIterator[T]
 
     def __new__(cls, iterable: AsyncIterable[T]) -> async_iter[T]:
         aiter_ = getattr(type(iterable), "__aiter__", None)
@@ -155,9 +153,7 @@ class async_iter(Generic[T]):
                 "'async_iter' received an object from __aiter__ that does not "
                 f"implement __anext__: {type(it).__name__}"
             )
-        if cls is async_iter and all(
-            hasattr(it, name) for name in ("asend", "athrow", "aclose")
-        ):
+        if cls is async_iter and all(hasattr(it, name) for name in ("asend", "athrow", "aclose")):
             cls = async_generator
         self = object.__new__(cls)
         self._it = it
@@ -168,7 +164,7 @@ class async_iter(Generic[T]):
 
     def __next__(self) -> T:
         try:
-            return cast(T, _await(type(self._it).__anext__(self._it)))
+            return _await(type(self._it).__anext__(self._it))
         except StopAsyncIteration as exc:
             raise StopIteration(*exc.args) from None
 

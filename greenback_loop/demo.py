@@ -180,7 +180,9 @@ def run_on(kind: str, portals: bool, coro: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m greenback_loop.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m greenback_loop.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--tasks", type=int, default=200, help="concurrent order tasks (200)")
     parser.add_argument("--orders", type=int, default=10, help="orders per task (10)")
     parser.add_argument("--stock", type=int, default=3000, help="initial stock per item (3000)")

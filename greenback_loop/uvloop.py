@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import warnings
-from typing import Any, Callable, Coroutine, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 try:
     import uvloop as _uvloop

@@ -86,7 +86,15 @@ async def test_awaitables_of_every_kind() -> None:
             await_(asyncio.sleep(0, "sleep result")),
         ]
 
-    assert sync_layer() == [5, "custom", "generator-based", "future", "done future", 3, "sleep result"]
+    assert sync_layer() == [
+        5,
+        "custom",
+        "generator-based",
+        "future",
+        "done future",
+        3,
+        "sleep result",
+    ]
 
 
 async def test_non_suspending_awaitables() -> None:
@@ -165,7 +173,12 @@ async def test_exception_and_traceback_through_sync_frames() -> None:
 
     with pytest.raises(Boom, match="from async") as info:
         sync_top()
-    assert user_frames(info.value) == ["test_exception_and_traceback_through_sync_frames", "sync_top", "sync_middle", "fail_later"]
+    assert user_frames(info.value) == [
+        "test_exception_and_traceback_through_sync_frames",
+        "sync_top",
+        "sync_middle",
+        "fail_later",
+    ]
 
 
 async def test_exception_escapes_the_task() -> None:

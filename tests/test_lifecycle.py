@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import greenback_loop
-from greenback_loop import _impl, await_
+from greenback_loop import await_
 
 
 def run_script(source: str, loop_kind: str, impl: str) -> subprocess.CompletedProcess[str]:

@@ -43,7 +43,17 @@ def test_demo_runs(impl: str) -> None:
     if impl == "python":
         env["GREENBACK_LOOP_NO_EXTENSIONS"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-m", "greenback_loop.demo", "--tasks", "20", "--orders", "3", "--repeat", "1"],
+        [
+            sys.executable,
+            "-m",
+            "greenback_loop.demo",
+            "--tasks",
+            "20",
+            "--orders",
+            "3",
+            "--repeat",
+            "1",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -58,7 +68,18 @@ def test_docs_build_without_warnings(tmp_path: Path, impl: str) -> None:
     if impl != _impl.AVAILABLE[0]:
         pytest.skip("built once")
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"), str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            str(ROOT / "docs"),
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
