@@ -8,6 +8,7 @@ place.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 
 _RUN_HINT = (
     "Run the program with greenback_loop.run(main()) or "
@@ -15,6 +16,14 @@ _RUN_HINT = (
     "or wrap the synchronous call in "
     "'await greenback_loop.with_portal_run_sync(fn, *args)'."
 )
+
+
+def await_outside_portal(aw: object, nested: bool) -> RuntimeError:
+    """What ``await_(aw)`` raises outside a portal; closes *aw* first if it is
+    a coroutine, sparing the caller a "never awaited" warning on top."""
+    if isinstance(aw, collections.abc.Coroutine):
+        aw.close()
+    return no_portal_error(nested)
 
 
 def no_portal_error(nested: bool) -> RuntimeError:

@@ -1,8 +1,9 @@
 """Selects the portal core: the C extension or its pure-Python twin.
 
-``GREENBACK_LOOP_NO_EXTENSIONS=1`` (or any interpreter other than CPython)
-selects the twin. The C core does not exist yet, so the twin is always used;
-see CHANGELOG.md.
+On CPython the C core (``greenback_loop._cportal``) is the default; setting
+``GREENBACK_LOOP_NO_EXTENSIONS=1``, or running on another interpreter,
+selects the twin (``greenback_loop._portal_py``). A CPython install whose C
+core is missing is an error, not a silent fallback to the slower twin.
 """
 
 from __future__ import annotations
@@ -13,32 +14,45 @@ from types import ModuleType
 
 from . import _portal_py
 
-NO_EXTENSIONS = bool(os.environ.get("GREENBACK_LOOP_NO_EXTENSIONS")) or (
+NO_EXTENSIONS = os.environ.get("GREENBACK_LOOP_NO_EXTENSIONS", "") not in ("", "0") or (
     sys.implementation.name != "cpython"
 )
 
-#: The module that implements Portal, await_ and in_portal.
-core: ModuleType = _portal_py
-#: ``"c"`` or ``"python"``.
-implementation: str = "python"
+_cores: dict[str, ModuleType] = {}
+if not NO_EXTENSIONS:
+    try:
+        from . import _cportal
+    except ImportError as exc:
+        raise ImportError(
+            f"greenback_loop's C core failed to import ({exc}). Reinstall greenback_loop "
+            "so that it is built, or set GREENBACK_LOOP_NO_EXTENSIONS=1 to use the "
+            "pure-Python core."
+        ) from exc
+    _cores["c"] = _cportal
+_cores["python"] = _portal_py
 
-AVAILABLE: tuple[str, ...] = ("python",)
+#: The implementations this process can use, the default first.
+AVAILABLE: tuple[str, ...] = tuple(_cores)
+
+#: ``"c"`` or ``"python"``.
+implementation: str = AVAILABLE[0]
+#: The module that implements Portal, await_ and in_portal.
+core: ModuleType = _cores[implementation]
 
 
 def select(name: str) -> None:
     """Switch the process to the core *name* (``"c"`` or ``"python"``).
 
-    For the test suite and differential runs: portals made by one core are
-    unknown to the other's ``await_``, so switch only with no loop running.
+    For the test suite, benchmarks and differential runs: portals made by one
+    core are unknown to the other's ``await_``, so switch only with no loop
+    running.
     """
     global core, implementation
-    if name == "python":
-        new = _portal_py
-    else:
+    if name not in _cores:
         raise ValueError(f"unknown or unavailable implementation {name!r}; available: {AVAILABLE}")
-    core = new
+    core = _cores[name]
     implementation = name
     import greenback_loop
 
-    greenback_loop.await_ = new.await_
+    greenback_loop.await_ = core.await_
     greenback_loop.implementation = name

@@ -35,13 +35,14 @@ import collections.abc
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Awaitable, Generator
 from typing import Any, TypeVar
 
 from greenlet import GreenletExit, getcurrent, greenlet
 from greenlet import error as greenlet_error
 
-from ._errors import no_portal_error
+from ._errors import await_outside_portal
 
 __all__ = ["Portal", "await_", "in_portal"]
 
@@ -152,8 +153,19 @@ class Portal:
     def send(self, value: Any) -> Any:
         return self._step(False, value)
 
-    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
-        return self._step(True, _make_exception("throw", typ, val, tb))
+    def throw(self, typ: Any, *rest: Any) -> Any:
+        if len(rest) > 2:
+            raise TypeError(
+                f"throw expected at least 1 argument and at most 3, got {1 + len(rest)}"
+            )
+        if rest and sys.version_info >= (3, 12):
+            warnings.warn(
+                "the (type, exc, tb) signature of throw() is deprecated, "
+                "use the single-arg signature instead.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return self._step(True, _make_exception(typ, *rest))
 
     def close(self) -> Any:
         if self._resume is None:
@@ -314,7 +326,7 @@ class Portal:
         return getattr(self._coro, name)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.Portal for {self._coro!r}>"
+        return f"<greenback_loop._portal_py.Portal for {self._coro!r}>"
 
 
 collections.abc.Coroutine.register(Portal)
@@ -326,20 +338,10 @@ def _new_runner() -> greenlet:
     return greenlet(_runner_main)
 
 
-def _make_exception(where: str, typ: Any, val: Any, tb: Any) -> BaseException:
+def _make_exception(typ: Any, val: Any = None, tb: Any = None) -> BaseException:
     """Normalize ``throw()``'s arguments the way coroutines do."""
-    if val is not None or tb is not None:
-        if sys.version_info >= (3, 12):
-            import warnings
-
-            warnings.warn(
-                "the (type, exc, tb) signature of throw() is deprecated, "
-                "use the single-arg signature instead.",
-                DeprecationWarning,
-                stacklevel=3,
-            )
     if tb is not None and not isinstance(tb, types.TracebackType):
-        raise TypeError(f"{where}() third argument must be a traceback object")
+        raise TypeError("throw() third argument must be a traceback object")
     if isinstance(typ, type) and issubclass(typ, BaseException):
         if isinstance(val, typ):
             exc = val
@@ -349,6 +351,11 @@ def _make_exception(where: str, typ: Any, val: Any, tb: Any) -> BaseException:
             exc = typ(*val)
         else:
             exc = typ(val)
+        if not isinstance(exc, BaseException):
+            raise TypeError(
+                f"calling {typ!r} should have returned an instance of BaseException, "
+                f"not {type(exc).__name__}"
+            )
     elif isinstance(typ, BaseException):
         if val is not None:
             raise TypeError("instance exception may not have a separate value")
@@ -378,13 +385,6 @@ def in_portal() -> bool:
             return True
         g = g.parent
     return False
-
-
-def _discard(aw: object) -> None:
-    # Spare the caller a "coroutine was never awaited" warning on top of
-    # the error.
-    if isinstance(aw, collections.abc.Coroutine):
-        aw.close()
 
 
 def _awaitable_iter(aw: Any) -> Any:
@@ -423,8 +423,7 @@ def await_(aw: Awaitable[T]) -> T:
     st = _state
     portal = st.current
     if portal is None:
-        _discard(aw)
-        raise no_portal_error(False)
+        raise await_outside_portal(aw, False)
     runner = portal._runner
     g: greenlet | None = getcurrent()
     if g is not runner:
@@ -432,8 +431,7 @@ def await_(aw: Awaitable[T]) -> T:
         g = g.parent
         while g is not runner:
             if g is None:
-                _discard(aw)
-                raise no_portal_error(True)
+                raise await_outside_portal(aw, True)
             g = g.parent
     portal = runner = g = None
 

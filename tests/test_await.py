@@ -1,4 +1,4 @@
-"""await_() does what ``await`` does, from synchronous code."""
+"""greenback_loop.await_() does what ``await`` does, from synchronous code."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import greenlet
 import pytest
 
-from greenback_loop import await_
+import greenback_loop
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
@@ -33,7 +33,7 @@ async def test_value_and_order_of_effects() -> None:
         return name
 
     def sync_layer() -> list[str]:
-        return [await_(step("a")), await_(step("b"))]
+        return [greenback_loop.await_(step("a")), greenback_loop.await_(step("b"))]
 
     assert sync_layer() == ["a", "b"]
     assert log == ["a start", "a end", "b start", "b end"]
@@ -49,7 +49,7 @@ async def test_other_tasks_run_while_parked() -> None:
 
     def sync_wait() -> None:
         asyncio.get_running_loop().create_task(other())
-        await_(gate.wait())
+        greenback_loop.await_(gate.wait())
         order.append("sync resumed")
 
     sync_wait()
@@ -77,13 +77,13 @@ async def test_awaitables_of_every_kind() -> None:
 
     def sync_layer() -> list[Any]:
         return [
-            await_(add_later(2, 3)),
-            await_(Custom()),
-            await_(generator_based()),
-            await_(fut),
-            await_(done),
-            await_(task),
-            await_(asyncio.sleep(0, "sleep result")),
+            greenback_loop.await_(add_later(2, 3)),
+            greenback_loop.await_(Custom()),
+            greenback_loop.await_(generator_based()),
+            greenback_loop.await_(fut),
+            greenback_loop.await_(done),
+            greenback_loop.await_(task),
+            greenback_loop.await_(asyncio.sleep(0, "sleep result")),
         ]
 
     assert sync_layer() == [
@@ -102,14 +102,14 @@ async def test_non_suspending_awaitables() -> None:
         return x
 
     def sync_layer() -> int:
-        return sum(await_(immediate(i)) for i in range(100))
+        return sum(greenback_loop.await_(immediate(i)) for i in range(100))
 
     assert sync_layer() == 4950
 
 
 async def test_not_awaitable_raises_type_error() -> None:
     def sync_layer(obj: Any) -> Any:
-        return await_(obj)
+        return greenback_loop.await_(obj)
 
     with pytest.raises(TypeError, match="can't be awaited|can't be used in 'await'"):
         sync_layer(42)
@@ -136,9 +136,9 @@ async def test_reusing_an_awaited_coroutine_raises() -> None:
     coro = add_later(1, 1)
 
     def sync_layer() -> None:
-        assert await_(coro) == 2
+        assert greenback_loop.await_(coro) == 2
         with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
-            await_(coro)
+            greenback_loop.await_(coro)
 
     sync_layer()
 
@@ -164,7 +164,7 @@ async def fail_later() -> None:
 
 
 def sync_middle() -> None:
-    await_(fail_later())
+    greenback_loop.await_(fail_later())
 
 
 async def test_exception_and_traceback_through_sync_frames() -> None:
@@ -194,7 +194,7 @@ async def test_exception_escapes_the_task() -> None:
 async def test_exception_handled_in_sync_code() -> None:
     def sync_layer() -> str:
         try:
-            await_(fail_later())
+            greenback_loop.await_(fail_later())
         except Boom as exc:
             return f"handled {exc}"
         return "not raised"
@@ -216,7 +216,7 @@ async def test_throw_into_custom_awaitable_iterator() -> None:
             return "slept"
 
     def sync_layer() -> str:
-        return await_(Catcher())
+        return greenback_loop.await_(Catcher())
 
     async def body() -> str:
         return sync_layer()
@@ -238,7 +238,7 @@ async def test_nested_await_() -> None:
         return sync_level(depth - 1) + 1
 
     def sync_level(depth: int) -> int:
-        return await_(inner(depth))
+        return greenback_loop.await_(inner(depth))
 
     assert sync_level(20) == 20
 
@@ -248,17 +248,17 @@ async def test_deep_sync_recursion() -> None:
 
     def recurse(n: int) -> int:
         if n == 0:
-            return await_(add_later(0, 1))
+            return greenback_loop.await_(add_later(0, 1))
         return recurse(n - 1) + 1
 
     assert recurse(depth) == depth + 1
 
 
 async def test_await_from_nested_greenlet() -> None:
-    """await_() works from a greenlet started by sync code (SQLAlchemy does)."""
+    """greenback_loop.await_() works from a greenlet started by sync code (SQLAlchemy does)."""
 
     def in_greenlet() -> int:
-        return await_(add_later(40, 2))
+        return greenback_loop.await_(add_later(40, 2))
 
     def sync_layer() -> int:
         return greenlet.greenlet(in_greenlet).switch()  # type: ignore[no-any-return]
@@ -295,7 +295,7 @@ async def test_sqlalchemy_style_bridge_across_steps() -> None:
         total = 0
         for i in range(5):
             total += await_only(add_later(n, i))  # suspends the whole task
-            total += await_(add_later(0, 1))  # greenback_loop from the same greenlet
+            total += greenback_loop.await_(add_later(0, 1))  # greenback_loop from the same greenlet
         return total
 
     async def worker(n: int) -> int:
@@ -326,7 +326,7 @@ async def test_contextvars_both_ways() -> None:
 
     def sync_layer() -> tuple[str, str, str]:
         var.set("set by sync")
-        seen_by_async = await_(read_and_write())
+        seen_by_async = greenback_loop.await_(read_and_write())
         return seen_by_async, var.get(), contextvars.copy_context()[var]
 
     async def body() -> tuple[tuple[str, str, str], str]:
@@ -345,7 +345,7 @@ async def test_contextvars_isolated_between_tasks() -> None:
         var.set(f"task {n}")
         seen = []
         for _ in range(3):
-            await_(asyncio.sleep(0))
+            greenback_loop.await_(asyncio.sleep(0))
             seen.append(var.get())
         return seen
 
@@ -356,7 +356,7 @@ async def test_contextvars_isolated_between_tasks() -> None:
 async def test_current_task_in_sync_code() -> None:
     def sync_layer() -> tuple[asyncio.Task[Any] | None, asyncio.Task[Any] | None]:
         before = asyncio.current_task()
-        await_(asyncio.sleep(0))
+        greenback_loop.await_(asyncio.sleep(0))
         return before, asyncio.current_task()
 
     async def body() -> tuple[Any, Any, Any]:
@@ -370,7 +370,7 @@ async def test_current_task_in_sync_code() -> None:
 async def test_tasks_created_from_sync_code() -> None:
     def sync_layer() -> list[int]:
         tasks = [asyncio.get_running_loop().create_task(add_later(i, i)) for i in range(5)]
-        return [await_(t) for t in tasks]
+        return [greenback_loop.await_(t) for t in tasks]
 
     assert sync_layer() == [0, 2, 4, 6, 8]
 
@@ -386,7 +386,7 @@ async def test_async_generator_in_sync_code() -> None:
         out = []
         try:
             while True:
-                out.append(await_(it.__anext__()))
+                out.append(greenback_loop.await_(it.__anext__()))
         except StopAsyncIteration:
             pass
         return out
@@ -402,7 +402,7 @@ async def test_many_concurrent_parked_tasks() -> None:
     def sync_wait(i: int) -> int:
         nonlocal parked
         parked += 1
-        await_(gate.wait())
+        greenback_loop.await_(gate.wait())
         return i
 
     async def body(i: int) -> int:

@@ -1,4 +1,4 @@
-"""Cancellation, timeouts and process-level exceptions through await_()."""
+"""Cancellation, timeouts and process-level exceptions through greenback_loop.await_()."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from greenback_loop import await_
+import greenback_loop
 
 
 async def test_cancel_while_parked_surfaces_at_the_call() -> None:
@@ -16,7 +16,7 @@ async def test_cancel_while_parked_surfaces_at_the_call() -> None:
 
     def sync_layer() -> None:
         try:
-            await_(asyncio.sleep(10))
+            greenback_loop.await_(asyncio.sleep(10))
         except asyncio.CancelledError:
             events.append("cancelled at await_")
             raise
@@ -41,11 +41,11 @@ async def test_swallowed_cancel_behaves_like_await() -> None:
 
     def sync_layer() -> str:
         try:
-            await_(asyncio.sleep(10))
+            greenback_loop.await_(asyncio.sleep(10))
         except asyncio.CancelledError:
             pass
         # the task carries on and can still await
-        return await_(asyncio.sleep(0, "carried on"))
+        return greenback_loop.await_(asyncio.sleep(0, "carried on"))
 
     async def with_await() -> str:
         try:
@@ -82,7 +82,7 @@ async def test_cancel_before_first_step() -> None:
 async def test_wait_for_timeout_in_sync_code() -> None:
     def sync_layer() -> str:
         try:
-            await_(asyncio.wait_for(asyncio.sleep(10), timeout=0.01))
+            greenback_loop.await_(asyncio.wait_for(asyncio.sleep(10), timeout=0.01))
         except TimeoutError:
             return "timed out"
         return "finished"
@@ -95,7 +95,7 @@ async def test_wait_for_around_task_parked_in_sync_code() -> None:
 
     def sync_layer() -> None:
         try:
-            await_(asyncio.sleep(10))
+            greenback_loop.await_(asyncio.sleep(10))
         finally:
             cleanup.append("unwound")
 
@@ -109,7 +109,7 @@ async def test_wait_for_around_task_parked_in_sync_code() -> None:
 
 async def test_timeout_context_around_sync_code() -> None:
     def sync_layer() -> None:
-        await_(asyncio.sleep(10))
+        greenback_loop.await_(asyncio.sleep(10))
 
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.01):
@@ -118,10 +118,9 @@ async def test_timeout_context_around_sync_code() -> None:
     def sync_with_timeout() -> str:
         try:
             with_timeout = asyncio.timeout(0.01)
-            from greenback_loop import async_context
 
-            with async_context(with_timeout):
-                await_(asyncio.sleep(10))
+            with greenback_loop.async_context(with_timeout):
+                greenback_loop.await_(asyncio.sleep(10))
         except TimeoutError:
             return "timed out"
         return "no timeout"
@@ -134,7 +133,7 @@ async def test_task_group_cancels_siblings_parked_in_sync_code() -> None:
 
     def park() -> None:
         try:
-            await_(asyncio.sleep(10))
+            greenback_loop.await_(asyncio.sleep(10))
         finally:
             unwound.append("sibling")
 
@@ -142,7 +141,7 @@ async def test_task_group_cancels_siblings_parked_in_sync_code() -> None:
         park()
 
     async def failing() -> None:
-        await_(asyncio.sleep(0.01))
+        greenback_loop.await_(asyncio.sleep(0.01))
         raise ValueError("boom")
 
     with pytest.raises(ExceptionGroup) as info:
@@ -166,7 +165,7 @@ def test_base_exceptions_escape_the_loop(run: Any, exc_type: type[BaseException]
 
     def sync_layer() -> None:
         try:
-            await_(raiser())
+            greenback_loop.await_(raiser())
         finally:
             cleanup.append("finally ran")
 
@@ -190,7 +189,7 @@ def test_keyboard_interrupt_from_signal_while_parked(run: Any) -> None:
         loop = asyncio.get_running_loop()
         loop.call_later(0.02, os.kill, os.getpid(), signal.SIGINT)
         try:
-            await_(asyncio.sleep(10))
+            greenback_loop.await_(asyncio.sleep(10))
         finally:
             cleanup.append("finally ran")
 

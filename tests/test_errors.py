@@ -1,4 +1,4 @@
-"""await_() outside a portal: a clear RuntimeError, never a crash or a hang."""
+"""greenback_loop.await_() outside a portal: a clear RuntimeError, never a crash or a hang."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 import greenback_loop
-from greenback_loop import await_
 
 
 async def answer() -> int:
@@ -19,12 +18,12 @@ async def answer() -> int:
 
 def test_no_event_loop() -> None:
     with pytest.raises(RuntimeError, match="no event loop running in this thread"):
-        await_(answer())  # the coroutine is closed: no "never awaited" warning
+        greenback_loop.await_(answer())  # the coroutine is closed: no "never awaited" warning
 
 
 def test_non_awaitable_outside_portal_still_runtime_error() -> None:
     with pytest.raises(RuntimeError, match="no event loop"):
-        await_(42)  # type: ignore[arg-type]
+        greenback_loop.await_(42)  # type: ignore[arg-type]
 
 
 async def test_loop_callback() -> None:
@@ -33,7 +32,7 @@ async def test_loop_callback() -> None:
 
     def callback() -> None:
         try:
-            await_(answer())
+            greenback_loop.await_(answer())
         except BaseException as exc:
             fut.set_result(exc)
 
@@ -46,7 +45,7 @@ async def test_loop_callback() -> None:
 async def test_other_thread() -> None:
     def in_thread() -> BaseException | None:
         try:
-            await_(asyncio.sleep(0))
+            greenback_loop.await_(asyncio.sleep(0))
         except BaseException as exc:
             return exc
         return None
@@ -59,7 +58,7 @@ async def test_other_thread() -> None:
 def test_plain_loop_task(run_plain: Any) -> None:
     async def main() -> None:
         with pytest.raises(RuntimeError, match="not a greenback_loop event loop"):
-            await_(answer())
+            greenback_loop.await_(answer())
         assert not greenback_loop.has_portal()
 
     run_plain(main())
@@ -67,7 +66,7 @@ def test_plain_loop_task(run_plain: Any) -> None:
 
 async def test_task_constructed_directly() -> None:
     async def body() -> None:
-        await_(answer())
+        greenback_loop.await_(answer())
 
     task = asyncio.Task(body())
     with pytest.raises(RuntimeError, match=r"constructed directly with asyncio\.Task\(\)"):
@@ -82,7 +81,7 @@ async def test_nested_greenlet_not_under_the_task() -> None:
 
     def foreign() -> None:
         try:
-            await_(answer())
+            greenback_loop.await_(answer())
         except BaseException as exc:
             results.append(exc)
         task_greenlet.switch()
@@ -153,7 +152,7 @@ def test_run_in_other_threads_each_with_own_loop(loop_kind: str) -> None:
     results: dict[int, Any] = {}
 
     def sync_layer(n: int) -> int:
-        return sum(await_(asyncio.sleep(0.001, i)) for i in range(20)) + n
+        return sum(greenback_loop.await_(asyncio.sleep(0.001, i)) for i in range(20)) + n
 
     async def main(n: int) -> list[int]:
         async def one(i: int) -> int:

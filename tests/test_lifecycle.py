@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import greenback_loop
-from greenback_loop import await_
+from greenback_loop import _impl
 
 
 def run_script(source: str, loop_kind: str, impl: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +52,7 @@ def test_exit_with_tasks_parked_and_loop_left_open(loop_kind: str, impl: str) ->
         loop = greenback_loop.new_event_loop(uvloop=UVLOOP)
 
         def park(event):
-            await_(event.wait())
+            greenback_loop.await_(event.wait())
 
         async def worker(event):
             park(event)
@@ -78,7 +78,7 @@ def test_exit_after_loop_closed_with_tasks_parked(loop_kind: str, impl: str) -> 
         """
         def park():
             try:
-                await_(asyncio.sleep(3600))
+                greenback_loop.await_(asyncio.sleep(3600))
             finally:
                 pass
 
@@ -108,7 +108,7 @@ def test_exit_from_thread_loops_with_parked_tasks(loop_kind: str, impl: str) -> 
     proc = run_script(
         """
         def park(event):
-            await_(event.wait())
+            greenback_loop.await_(event.wait())
 
         async def worker(event):
             park(event)
@@ -143,7 +143,7 @@ def test_exit_via_sys_exit_inside_await_(loop_kind: str, impl: str) -> None:
             sys.exit(3)
 
         def sync_layer():
-            await_(bye())
+            greenback_loop.await_(bye())
 
         async def main():
             sync_layer()
@@ -164,7 +164,7 @@ def test_loop_closed_with_parked_tasks_in_process(run: Any, loop_kind: str) -> N
     gate_holder: list[asyncio.Event] = []
 
     def park() -> None:
-        await_(gate_holder[0].wait())
+        greenback_loop.await_(gate_holder[0].wait())
 
     async def worker() -> None:
         park()
@@ -221,8 +221,8 @@ async def test_dropped_task_suspended_normally_is_collected(caplog: Any) -> None
 
 
 async def test_dropped_task_parked_in_await_is_collected(caplog: Any) -> None:
-    """A task parked in await_() on something that holds nothing of the task
-    is collected when dropped: GeneratorExit is raised at the await_() call
+    """A task parked in greenback_loop.await_() on something that holds nothing of the task
+    is collected when dropped: GeneratorExit is raised at the greenback_loop.await_() call
     and the synchronous frames unwind."""
     import weakref
 
@@ -230,7 +230,7 @@ async def test_dropped_task_parked_in_await_is_collected(caplog: Any) -> None:
 
     def sync_layer() -> None:
         try:
-            await_(OrphanFuture())
+            greenback_loop.await_(OrphanFuture())
         except GeneratorExit:
             events.append("GeneratorExit at await_")
             raise
@@ -269,7 +269,7 @@ async def test_finished_tasks_leave_nothing_behind() -> None:
     def sync_layer() -> Payload:
         payload = Payload()
         refs.append(weakref.ref(payload))
-        await_(gate.wait())
+        greenback_loop.await_(gate.wait())
         return payload
 
     async def body() -> None:
@@ -293,18 +293,17 @@ async def test_finished_tasks_leave_nothing_behind() -> None:
     assert alive == []
 
 
-async def test_runners_are_reused(impl: str) -> None:
-    from greenback_loop import _portal_py
-
-    if impl != "python":
-        pytest.skip("counts the twin's runners")
+async def test_runners_are_reused() -> None:
+    """Steps that end normally give their runner back: a long run of steps
+    creates no runner per step."""
+    created = _impl.core._debug_runners_created
 
     async def step_a_lot() -> None:
         for _ in range(100):
             await asyncio.sleep(0)
-            await_(asyncio.sleep(0))
+            greenback_loop.await_(asyncio.sleep(0))
 
     await asyncio.create_task(step_a_lot())
-    before = _portal_py._debug_runners_created()
+    before = created()
     await asyncio.gather(*(step_a_lot() for _ in range(5)))
-    assert _portal_py._debug_runners_created() - before <= 5
+    assert created() - before <= 5

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from greenback_loop import _impl, await_
+import greenback_loop
+from greenback_loop import _impl
 
 
 def Portal(coro: Any) -> Any:
@@ -22,7 +23,7 @@ def Portal(coro: Any) -> Any:
 
 async def parked_forever(gate: asyncio.Event) -> None:
     def sync_wait() -> None:
-        await_(gate.wait())
+        greenback_loop.await_(gate.wait())
 
     sync_wait()
 
@@ -190,7 +191,7 @@ def test_close_parked_in_await_unwinds_sync_frames() -> None:
 
     def sync_layer() -> None:
         try:
-            await_(suspend_coro())
+            greenback_loop.await_(suspend_coro())
         except GeneratorExit:
             events.append("GeneratorExit at await_")
             raise
@@ -217,10 +218,10 @@ def test_close_parked_in_await_unwinds_sync_frames() -> None:
 def test_close_parked_ignoring_generator_exit() -> None:
     def stubborn() -> None:
         try:
-            await_(suspend_once())
+            greenback_loop.await_(suspend_once())
         except GeneratorExit:
             pass
-        await_(suspend_once())
+        greenback_loop.await_(suspend_once())
 
     async def suspend_once() -> None:
         await suspend("parked")
@@ -241,7 +242,7 @@ def test_parked_portal_dropped_unwinds() -> None:
 
     def sync_layer() -> None:
         try:
-            await_(suspend_coro())
+            greenback_loop.await_(suspend_coro())
         finally:
             events.append("sync finally")
 

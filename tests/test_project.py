@@ -20,6 +20,25 @@ def test_implementation_attribute(impl: str) -> None:
     assert _impl.implementation == impl
 
 
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or _impl.NO_EXTENSIONS,
+    reason="the C core is built on CPython unless GREENBACK_LOOP_NO_EXTENSIONS is set",
+)
+def test_c_core_is_loaded_and_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import greenback_loop; print(greenback_loop.implementation)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "GREENBACK_LOOP_NO_EXTENSIONS"},
+    )
+    assert out.stdout.strip() == "c"
+    assert _impl.AVAILABLE == ("c", "python")
+    from greenback_loop import _cportal
+
+    assert _cportal.Portal.__module__ == "greenback_loop._cportal"
+
+
 def test_no_extensions_env_selects_python_core(impl: str) -> None:
     env = dict(os.environ, GREENBACK_LOOP_NO_EXTENSIONS="1")
     out = subprocess.run(

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 import greenback_loop
-from greenback_loop import await_
 
 needs_eager = pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks: 3.12+")
 
@@ -21,7 +20,7 @@ async def double(n: int) -> int:
 
 def legacy(n: int) -> str:
     """A sync layer that awaits on the running loop."""
-    return f"report {await_(double(n))}"
+    return f"report {greenback_loop.await_(double(n))}"
 
 
 async def handler(n: int) -> str:
@@ -155,11 +154,11 @@ async def test_eager_task_factory() -> None:
 
 async def test_start_server_handlers_have_portals() -> None:
     def sync_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = await_(reader.readline())
+        line = greenback_loop.await_(reader.readline())
         writer.write(line.upper())
-        await_(writer.drain())
+        greenback_loop.await_(writer.drain())
         writer.close()
-        await_(writer.wait_closed())
+        greenback_loop.await_(writer.wait_closed())
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sync_echo(reader, writer)
@@ -260,7 +259,7 @@ def test_run_semantics(run: Any) -> None:
 
     def sync_wait_forever() -> None:
         try:
-            await_(asyncio.Event().wait())
+            greenback_loop.await_(asyncio.Event().wait())
         finally:
             events.append("leftover unwound")
 

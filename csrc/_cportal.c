@@ -1,0 +1,200 @@
+/* greenback_loop._cportal: the C core (portal, runner pool, await_).
+ *
+ * One translation unit: greenlet.h keeps greenlet's C API table in a static
+ * variable, so every part that calls greenlet must be compiled here. */
+
+#include "cportal.h"
+
+#include "runner.c"
+#include "portal.c"
+#include "await.c"
+
+static PyObject *
+gbl_debug_runners_created(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromUnsignedLong(gbl_runners_created);
+}
+
+static PyMethodDef module_methods[] = {
+    {"await_", gbl_await, METH_O, gbl_await_doc},
+    {"in_portal", gbl_in_portal, METH_NOARGS,
+     "in_portal()\n--\n\nWhether await_() can suspend from the calling greenlet."},
+    {"_debug_runners_created", gbl_debug_runners_created, METH_NOARGS,
+     "How many runner greenlets this process has created (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    gbl_module_state *st = PyModule_GetState(module);
+    Py_VISIT(st->portal_type);
+    Py_VISIT(st->thread_state_type);
+    Py_VISIT(st->runner_run);
+    Py_VISIT(st->thread_dict_key);
+    Py_VISIT(st->str_throw);
+    Py_VISIT(st->str_close);
+    Py_VISIT(st->str_send);
+    Py_VISIT(st->str_gr_context);
+    Py_VISIT(st->str_value);
+    Py_VISIT(st->coroutine_abc);
+    Py_VISIT(st->errors_module);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    gbl_module_state *st = PyModule_GetState(module);
+    Py_CLEAR(st->portal_type);
+    Py_CLEAR(st->thread_state_type);
+    Py_CLEAR(st->runner_run);
+    Py_CLEAR(st->thread_dict_key);
+    Py_CLEAR(st->str_throw);
+    Py_CLEAR(st->str_close);
+    Py_CLEAR(st->str_send);
+    Py_CLEAR(st->str_gr_context);
+    Py_CLEAR(st->str_value);
+    Py_CLEAR(st->coroutine_abc);
+    Py_CLEAR(st->errors_module);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+/* Measure the references an unshared idle runner has at the check in
+ * portal_step: step a one-item iterator once through a fresh runner. */
+static int
+calibrate(gbl_module_state *st)
+{
+    PyObject *items = Py_BuildValue("[O]", Py_None);
+    if (items == NULL) {
+        return -1;
+    }
+    PyObject *probe = PyObject_GetIter(items);
+    Py_DECREF(items);
+    if (probe == NULL) {
+        return -1;
+    }
+    PortalObject *portal = portal_alloc(st->portal_type, probe);
+    Py_DECREF(probe);
+    if (portal == NULL) {
+        return -1;
+    }
+    st->runner_refs = 0;
+    PyObject *result;
+    PySendResult r = portal_step(portal, 0, Py_None, &result);
+    Py_DECREF(portal);
+    if (r != PYGEN_NEXT) {
+        if (r == PYGEN_RETURN) {
+            Py_DECREF(result);
+            PyErr_SetString(PyExc_ImportError, "greenback_loop._cportal: calibration failed");
+        }
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static int
+module_exec(PyObject *module)
+{
+    gbl_module_state *st = PyModule_GetState(module);
+    if (gbl_state != NULL) {
+        PyErr_SetString(PyExc_ImportError,
+                        "greenback_loop._cportal cannot be loaded twice in one process");
+        return -1;
+    }
+
+    PyGreenlet_Import();
+    if (_PyGreenlet_API == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ImportError, "greenlet's C API (greenlet._C_API) is missing");
+        }
+        return -1;
+    }
+
+#define INTERN(field, text)                                   \
+    do {                                                      \
+        st->field = PyUnicode_InternFromString(text);         \
+        if (st->field == NULL) {                              \
+            return -1;                                        \
+        }                                                     \
+    } while (0)
+    INTERN(str_throw, "throw");
+    INTERN(str_close, "close");
+    INTERN(str_send, "send");
+    INTERN(str_gr_context, "gr_context");
+    INTERN(str_value, "value");
+    INTERN(thread_dict_key, "greenback_loop._cportal.thread_state");
+#undef INTERN
+
+    st->portal_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &portal_spec, NULL);
+    if (st->portal_type == NULL) {
+        return -1;
+    }
+    st->thread_state_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &thread_state_spec, NULL);
+    if (st->thread_state_type == NULL) {
+        return -1;
+    }
+    st->runner_run = PyCFunction_NewEx(&runner_run_def, NULL, NULL);
+    if (st->runner_run == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(module, st->portal_type) < 0) {
+        return -1;
+    }
+
+    PyObject *abc = PyImport_ImportModule("collections.abc");
+    if (abc == NULL) {
+        return -1;
+    }
+    st->coroutine_abc = PyObject_GetAttrString(abc, "Coroutine");
+    Py_DECREF(abc);
+    if (st->coroutine_abc == NULL) {
+        return -1;
+    }
+    PyObject *reg = PyObject_CallMethod(st->coroutine_abc, "register", "O", st->portal_type);
+    if (reg == NULL) {
+        return -1;
+    }
+    Py_DECREF(reg);
+
+    gbl_state = st;
+    if (calibrate(st) < 0) {
+        gbl_state = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "greenback_loop._cportal",
+    .m_doc = "greenback_loop's C core: the portal, the runner pool and await_().",
+    .m_size = sizeof(gbl_module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__cportal(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

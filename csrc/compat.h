@@ -1,0 +1,106 @@
+/* Differences between the CPython versions greenback_loop supports
+ * (3.11 to 3.15), in one place. Everything else in csrc/ uses these. */
+#ifndef GBL_COMPAT_H
+#define GBL_COMPAT_H
+
+#include <Python.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#error "greenback_loop needs CPython 3.11 or newer"
+#endif
+
+/* The exception being raised, as one object (3.12 API), and back. */
+static inline PyObject *
+gbl_fetch_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+        Py_DECREF(tb);
+    }
+    Py_DECREF(type);
+    return value;
+#endif
+}
+
+/* Raise exc (a reference is stolen). */
+static inline void
+gbl_restore_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *type = Py_NewRef((PyObject *)Py_TYPE(exc));
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore(type, exc, tb);
+#endif
+}
+
+static inline int
+gbl_is_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
+/* obj.name, or NULL with no exception set when the attribute is missing. */
+static inline int
+gbl_get_optional_attr(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    return _PyObject_LookupAttr(obj, name, result);
+#endif
+}
+
+/* The thread's current contextvars.Context (borrowed, may be NULL for a
+ * thread that never used one). The field is in the public (non-limited)
+ * PyThreadState struct from 3.7 to at least 3.15; greenlet relies on it too. */
+static inline PyObject *
+gbl_current_context(PyThreadState *tstate)
+{
+    return tstate->context;
+}
+
+/* Make ctx (stolen, may be NULL) the current greenlet's context and return
+ * the previous one (owned), as greenlet's gr_context setter does for the
+ * running greenlet; the version bump invalidates ContextVar caches. */
+static inline PyObject *
+gbl_swap_context(PyThreadState *tstate, PyObject *ctx)
+{
+    PyObject *old = tstate->context;
+    tstate->context = ctx;
+    tstate->context_ver++;
+    return old;
+}
+
+/* Generators flagged by types.coroutine are awaitable as they are. */
+static inline int
+gbl_is_iterable_coroutine(PyObject *obj)
+{
+    if (!PyGen_CheckExact(obj)) {
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyCodeObject *code = PyGen_GetCode((PyGenObject *)obj);
+    int flags = code->co_flags;
+    Py_DECREF(code);
+#else
+    int flags = ((PyGenObject *)obj)->gi_code->co_flags;
+#endif
+    return (flags & CO_ITERABLE_COROUTINE) != 0;
+}
+
+#endif /* GBL_COMPAT_H */

@@ -1,0 +1,60 @@
+"""Build greenback_loop's C core (metadata lives in pyproject.toml).
+
+Environment switches:
+  GREENBACK_LOOP_NO_EXTENSIONS=1  build no extension (pure-Python core only)
+  GREENBACK_LOOP_DEBUG_BUILD=1    -O0 -g3 with assertions on
+  GREENBACK_LOOP_SANITIZE=1       AddressSanitizer + UndefinedBehaviorSanitizer
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from setuptools import Extension, setup
+
+
+def flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def greenlet_include() -> str:
+    """The folder holding greenlet.h, from the installed greenlet."""
+    import greenlet
+
+    folder = os.path.dirname(greenlet.__file__)
+    if not os.path.exists(os.path.join(folder, "greenlet.h")):
+        raise RuntimeError(f"greenlet.h not found in {folder}: reinstall greenlet")
+    return folder
+
+
+ext_modules = []
+if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation() == "CPython":
+    compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+    link_args: list[str] = []
+    undef = []
+    if flag("GREENBACK_LOOP_DEBUG_BUILD"):
+        compile_args += ["-O0", "-g3"]
+        undef.append("NDEBUG")
+    else:
+        compile_args += ["-O2"]
+    if flag("GREENBACK_LOOP_SANITIZE"):
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+        compile_args += san
+        link_args += san
+    if sys.platform == "win32":  # pragma: no cover
+        compile_args = []
+    ext_modules.append(
+        Extension(
+            "greenback_loop._cportal",
+            sources=["csrc/_cportal.c"],
+            depends=["csrc/cportal.h", "csrc/compat.h", "csrc/runner.c", "csrc/portal.c", "csrc/await.c"],
+            include_dirs=[greenlet_include()],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            undef_macros=undef,
+        )
+    )
+
+setup(ext_modules=ext_modules)
