@@ -11,8 +11,6 @@ import sys
 import textwrap
 from typing import Any
 
-import pytest
-
 import greenback_loop
 from greenback_loop import _impl
 
