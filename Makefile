@@ -1,7 +1,7 @@
 # Every habit of the project in one place. PYTHON may point at any venv.
 PYTHON ?= .venv/bin/python
 
-.PHONY: venv test test-python lint docs demo bench clean
+.PHONY: venv test test-python lint docs demo bench bench-quick clean
 
 venv:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test,uvloop]' ruff mypy
@@ -13,8 +13,8 @@ test-python:     ## the suite with the pure-Python core only
 	GREENBACK_LOOP_NO_EXTENSIONS=1 $(PYTHON) -m pytest
 
 lint:
-	$(PYTHON) -m ruff check greenback_loop tests
-	$(PYTHON) -m ruff format --check greenback_loop tests
+	$(PYTHON) -m ruff check greenback_loop tests benchmarks
+	$(PYTHON) -m ruff format --check greenback_loop tests benchmarks
 	$(PYTHON) -m mypy
 
 docs:
@@ -22,6 +22,12 @@ docs:
 
 demo:
 	$(PYTHON) -m greenback_loop.demo
+
+bench:           ## the full benchmark run; refreshes docs/_generated/
+	$(PYTHON) -m benchmarks --rst docs/_generated/benchmarks_table.rst --plot docs/_generated/benchmark_ratios.png
+
+bench-quick:     ## proves every case still runs (CI does this in the suite)
+	$(PYTHON) -m benchmarks --quick
 
 clean:
 	rm -rf build dist *.egg-info docs/_build .pytest_cache .mypy_cache .ruff_cache

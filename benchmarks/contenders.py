@@ -1,0 +1,165 @@
+"""The contenders (how sync code reaches the loop) and the loops they run on.
+
+A contender knows three things: which event loop to build for a loop kind,
+what to do before a measurement (select a greenback_loop core), and how to
+run a synchronous function that awaits through its bridge
+(:meth:`Contender.run_sync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+LOOPS = ("asyncio", "uvloop")
+
+#: A synchronous benchmark body: its last argument is the ``await_`` function.
+SyncFn = Callable[..., Any]
+
+
+def loop_note(loop: str) -> str | None:
+    """Why *loop* cannot run here, or None."""
+    if loop == "uvloop":
+        try:
+            importlib.import_module("uvloop")
+        except ImportError as exc:
+            return f"uvloop is not installed ({exc})"
+    return None
+
+
+def plain_loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop  # type: ignore[no-any-return,unused-ignore]
+    return asyncio.SelectorEventLoop
+
+
+def _sqlalchemy_bridge() -> tuple[Any, Any]:
+    """``(greenlet_spawn, await_only)`` from the installed SQLAlchemy 2.x."""
+    for modname in (
+        "sqlalchemy.util",
+        "sqlalchemy.util.concurrency",
+        "sqlalchemy.util._concurrency_py3k",
+    ):
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        spawn = getattr(mod, "greenlet_spawn", None)
+        await_only = getattr(mod, "await_only", None)
+        if spawn is not None and await_only is not None:
+            return spawn, await_only
+    raise ImportError("SQLAlchemy has no greenlet_spawn/await_only (is it 2.x, with greenlet?)")
+
+
+@dataclass
+class Contender:
+    #: ``plain``, ``greenback``, ``sqlalchemy`` or ``greenback_loop[<core>]``.
+    name: str
+    #: ``plain``, ``greenback``, ``sqlalchemy`` or ``greenback_loop``.
+    kind: str
+    #: The greenback_loop core, for kind ``greenback_loop``.
+    impl: str | None = None
+
+    # -- set by probe() -------------------------------------------------------
+    skip: str | None = None
+    _mod: Any = None
+    _spawn: Any = None
+    _await_only: Any = None
+
+    def probe(self) -> Contender:
+        """Import what the contender needs; set ``skip`` if it is missing."""
+        try:
+            if self.kind == "greenback":
+                self._mod = importlib.import_module("greenback")
+            elif self.kind == "sqlalchemy":
+                self._spawn, self._await_only = _sqlalchemy_bridge()
+            elif self.kind == "greenback_loop":
+                self._mod = importlib.import_module("greenback_loop")
+        except ImportError as exc:
+            self.skip = f"{self.name}: package missing ({exc})"
+        return self
+
+    def version(self) -> str | None:
+        dist = {"greenback": "greenback", "sqlalchemy": "SQLAlchemy"}.get(self.kind)
+        if dist is None:
+            return None
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    def prepare(self) -> None:
+        """Called with no loop running, before every measurement."""
+        if self.kind == "greenback_loop":
+            from greenback_loop import _impl
+
+            assert self.impl is not None
+            _impl.select(self.impl)
+
+    def loop_factory(self, loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
+        if self.kind == "greenback_loop":
+            gbl = self._mod
+            use_uvloop = loop == "uvloop"
+            return lambda: gbl.new_event_loop(uvloop=use_uvloop)
+        return plain_loop_factory(loop)
+
+    def check_portal(self) -> None:
+        """From inside a task that should be able to await_: fail loudly if not."""
+        if self.kind == "greenback_loop":
+            ok = self._mod.has_portal() and self._mod.implementation == self.impl
+        elif self.kind == "greenback":
+            ok = self._mod.has_portal()
+        else:
+            ok = True
+        if not ok:
+            raise BenchmarkError(f"{self.name}: the task has no portal")
+
+    async def run_sync(self, fn: SyncFn, *args: Any) -> Any:
+        """Run ``fn(*args, await_)`` in the current task through the bridge."""
+        if self.kind == "greenback_loop":
+            self.check_portal()
+            return fn(*args, self._mod.await_)
+        if self.kind == "greenback":
+            await self._mod.ensure_portal()
+            return fn(*args, self._mod.await_)
+        if self.kind == "sqlalchemy":
+            return await self._spawn(fn, *args, self._await_only)
+        raise BenchmarkError(f"{self.name} has no bridge for sync code")
+
+    @property
+    def greenback(self) -> Any:
+        return self._mod
+
+
+class BenchmarkError(RuntimeError):
+    """A measurement produced a wrong result: its number would be nonsense."""
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise BenchmarkError(f"result check failed: {what}")
+
+
+def all_contenders() -> list[Contender]:
+    """Every contender, probed; greenback_loop once per available core."""
+    out = [
+        Contender("plain", "plain"),
+        Contender("greenback", "greenback"),
+        Contender("sqlalchemy", "sqlalchemy"),
+    ]
+    try:
+        from greenback_loop import _impl
+
+        impls: tuple[str, ...] = tuple(_impl.AVAILABLE)
+    except ImportError:  # pragma: no cover - it is this repository's package
+        impls = ("python",)
+    for name in impls:
+        out.append(Contender(f"greenback_loop[{name}]", "greenback_loop", name))
+    return [c.probe() for c in out]
