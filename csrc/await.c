@@ -176,16 +176,9 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
         ts->msg_value = value;
         ts->msg_resume = me;
         ts->msg_awaiting = Py_NewRef(aw);
-        /* Borrowed: the runner's parent keeps the stepping greenlet alive
-         * until it is resumed; holding it here would pin it while parked. */
-        PyGreenlet *stepper = PyGreenlet_GetParent(ts->current->runner);
-        if (stepper == NULL) {
-            thread_state_clear_msg(ts);
-            Py_DECREF(it);
-            return NULL;
-        }
-        Py_DECREF(stepper);
-        PyObject *ret = PyGreenlet_Switch(stepper, NULL, NULL);
+        /* Borrowed: portal_step holds the stepping greenlet until it is
+         * resumed; holding it here would keep it while parked. */
+        PyObject *ret = PyGreenlet_Switch(ts->current->stepper, NULL, NULL);
         if (ret == NULL) {
             /* killed (GreenletExit), thrown into with greenlet.throw, or the
              * switch failed before it happened */

@@ -45,6 +45,7 @@ typedef struct {
     PyGreenlet *runner;   /* while stepping, parked or pinned */
     PyGreenlet *resume;   /* the greenlet parked in await_ */
     PyObject *awaiting;   /* what await_ drives while parked */
+    PyGreenlet *stepper;  /* borrowed: the greenlet doing the step, during it */
     PyObject *weakreflist;
     char stepping;
 } PortalObject;

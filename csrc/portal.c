@@ -7,17 +7,14 @@ greenlet_is_dead(PyGreenlet *g)
     return PyGreenlet_STARTED(g) && !PyGreenlet_ACTIVE(g);
 }
 
-/* runner.parent = parent, unless it already is. */
-static int
-runner_set_parent(PyGreenlet *runner, PyGreenlet *parent)
+/* Between steps every runner's parent is its thread's hub (the main
+ * greenlet), so a step only reparents when it runs in some other greenlet
+ * (an eager task's first step inside another task's step, a loop run inside
+ * a greenlet). The parent matters only if the runner ends: control goes there. */
+static inline int
+runner_reparent(PyGreenlet *runner, PyGreenlet *parent, PyGreenlet *hub)
 {
-    PyGreenlet *old = PyGreenlet_GetParent(runner);
-    if (old == NULL && PyErr_Occurred()) {
-        return -1;
-    }
-    int same = old == parent;
-    Py_XDECREF(old);
-    return same ? 0 : PyGreenlet_SetParent(runner, parent);
+    return parent == hub ? 0 : PyGreenlet_SetParent(runner, parent);
 }
 
 /* Raise StopIteration(value), with value kept as one object even when it is
@@ -76,7 +73,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     ts->job_arg = Py_NewRef(arg);
 
     PyGreenlet *cur = PyGreenlet_GetCurrent();
-    if (cur == NULL || runner_set_parent(runner, cur) < 0) {
+    if (cur == NULL || runner_reparent(runner, cur, ts->hub) < 0) {
         Py_XDECREF(cur);
         thread_state_clear_job(ts);
         if (resuming) {
@@ -88,16 +85,23 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
         }
         return PYGEN_ERROR;
     }
-    Py_DECREF(cur);
 
     PortalObject *prev = ts->current;
     ts->current = self;
     self->stepping = 1;
+    self->stepper = cur;
     Py_INCREF(self);
     PyObject *ret = PyGreenlet_Switch(target, NULL, NULL);
     ts = gbl_tls;
     ts->current = prev;
     self->stepping = 0;
+    self->stepper = NULL;
+    if (cur != ts->hub && !greenlet_is_dead(runner) &&
+        PyGreenlet_SetParent(runner, ts->hub) < 0)
+    {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_DECREF(cur);
 
     if (ret == NULL) {
         thread_state_clear_job(ts);
@@ -154,24 +158,17 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     }
     Py_DECREF(ret);
 
-    PyGreenlet *hub = ts->hub;
     if (kind == GBL_MSG_SUSPEND) {
         self->resume = ts->msg_resume;
         self->awaiting = ts->msg_awaiting;
         ts->msg_resume = NULL;
         ts->msg_awaiting = NULL;
-        if (runner_set_parent(runner, hub) < 0) {
-            PyErr_WriteUnraisable((PyObject *)self);
-        }
         Py_DECREF(self);
         *presult = value;
         return PYGEN_NEXT;
     }
 
     /* The step ended: release the runner unless something else holds it. */
-    if (runner_set_parent(runner, hub) < 0) {
-        PyErr_WriteUnraisable((PyObject *)self);
-    }
     if (st->runner_refs == 0) {
         st->runner_refs = Py_REFCNT(runner); /* calibration, at import */
     }
@@ -209,6 +206,7 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->resume = NULL;
     self->awaiting = NULL;
     self->weakreflist = NULL;
+    self->stepper = NULL;
     self->stepping = 0;
     PyObject_GC_Track(self);
     return self;

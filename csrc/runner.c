@@ -252,20 +252,9 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
         ts->msg_kind = kind;
         ts->msg_value = value;
 
-        PyGreenlet *me = PyGreenlet_GetCurrent();
-        if (me == NULL) {
-            return NULL;
-        }
-        PyGreenlet *parent = PyGreenlet_GetParent(me);
-        Py_DECREF(me);
-        if (parent == NULL) {
-            if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_RuntimeError, "greenback_loop: runner has no parent");
-            }
-            return NULL;
-        }
-        PyObject *ret = PyGreenlet_Switch(parent, NULL, NULL);
-        Py_DECREF(parent);
+        /* Back to the greenlet doing the step (borrowed: it is suspended in
+         * portal_step, which holds it). */
+        PyObject *ret = PyGreenlet_Switch(ts->current->stepper, NULL, NULL);
         if (ret == NULL) {
             return NULL; /* killed while idle, or thrown into */
         }
