@@ -1,7 +1,7 @@
 # Every habit of the project in one place. PYTHON may point at any venv.
 PYTHON ?= .venv/bin/python
 
-.PHONY: venv test test-python lint docs demo bench bench-quick clean
+.PHONY: venv test test-python build debug sanitize leaks lint docs demo bench bench-quick clean
 
 venv:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test,uvloop]' ruff mypy
@@ -11,6 +11,18 @@ test:            ## the whole suite, as CI runs it
 
 test-python:     ## the suite with the pure-Python core only
 	GREENBACK_LOOP_NO_EXTENSIONS=1 $(PYTHON) -m pytest
+
+build:           ## (re)build the C core in place
+	$(PYTHON) setup.py build_ext --inplace --force
+
+debug:           ## the C core at -O0 -g3 with assertions, in place
+	GREENBACK_LOOP_DEBUG_BUILD=1 $(PYTHON) setup.py build_ext --inplace --force
+
+sanitize:        ## the whole suite against an ASan+UBSan build (in a temp copy)
+	$(PYTHON) -m pytest tests/test_sanitizers.py
+
+leaks:           ## the refleak scenarios
+	$(PYTHON) -m pytest tests/test_leaks.py
 
 lint:
 	$(PYTHON) -m ruff check greenback_loop tests benchmarks
