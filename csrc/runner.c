@@ -5,8 +5,15 @@
  * One module instance per process: the module refuses subinterpreters. */
 static gbl_module_state *gbl_state = NULL;
 
-/* This thread's ThreadStateObject (owned by the thread's dict). */
-static _Thread_local ThreadStateObject *gbl_tls = NULL;
+/* This thread's ThreadStateObject (owned by the thread's dict). The
+ * initial-exec model makes each access one load instead of a call to
+ * __tls_get_addr; it needs 8 bytes of glibc's static TLS surplus. */
+#if defined(__GNUC__) && defined(__ELF__)
+#define GBL_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#else
+#define GBL_TLS_MODEL
+#endif
+static _Thread_local ThreadStateObject *gbl_tls GBL_TLS_MODEL = NULL;
 
 static unsigned long gbl_runners_created = 0;
 
