@@ -296,7 +296,8 @@ static void
 portal_dealloc(PortalObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    /* Only a portal parked in await_ has anything to finalize. */
+    if (self->resume != NULL && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return; /* resurrected */
     }
     PyObject_GC_UnTrack(self);
