@@ -121,6 +121,9 @@ module_clear(PyObject *module)
 static void
 module_free(void *module)
 {
+    if (gbl_state == PyModule_GetState((PyObject *)module)) {
+        gbl_state = NULL; /* portals outliving the module fail cleanly */
+    }
     module_clear((PyObject *)module);
 }
 

@@ -7,6 +7,10 @@ static PyObject *
 gbl_outside_portal(PyObject *aw, int nested)
 {
     gbl_module_state *st = gbl_state;
+    if (st == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core has been unloaded");
+        return NULL;
+    }
     if (st->errors_module == NULL) {
         st->errors_module = PyImport_ImportModule("greenback_loop._errors");
         if (st->errors_module == NULL) {

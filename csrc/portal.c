@@ -39,6 +39,10 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
 {
     gbl_module_state *st = gbl_state;
     *presult = NULL;
+    if (st == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core has been unloaded");
+        return PYGEN_ERROR;
+    }
     if (self->stepping) {
         PyErr_SetString(PyExc_ValueError, "coroutine already executing");
         return PYGEN_ERROR;
@@ -221,6 +225,10 @@ portal_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (!PyArg_UnpackTuple(args, "Portal", 1, 1, &coro)) {
+        return NULL;
+    }
+    if (gbl_state == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core has been unloaded");
         return NULL;
     }
     if (!PyCoro_CheckExact(coro) && !PyGen_CheckExact(coro)) {
@@ -444,7 +452,7 @@ portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
             PyErr_SetString(PyExc_ValueError, "coroutine already executing");
             return NULL;
         }
-        return PyObject_CallMethodNoArgs(self->coro, gbl_state->str_close);
+        return PyObject_CallMethod(self->coro, "close", NULL);
     }
     PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
     if (exit == NULL) {
