@@ -519,34 +519,33 @@ portal_get_forwarded(PortalObject *self, void *closure)
     return PyObject_GetAttrString(self->coro, (const char *)closure);
 }
 
+/* bool(coro.<name>), or when_parked while parked in await_ (the real
+ * coroutine is then mid-send, but the task sees it suspended). */
+static PyObject *
+portal_forward_state(PortalObject *self, const char *name, int when_parked)
+{
+    if (self->resume != NULL) {
+        return PyBool_FromLong(when_parked);
+    }
+    PyObject *state = PyObject_GetAttrString(self->coro, name);
+    if (state == NULL) {
+        return NULL;
+    }
+    int truth = PyObject_IsTrue(state);
+    Py_DECREF(state);
+    return truth < 0 ? NULL : PyBool_FromLong(truth);
+}
+
 static PyObject *
 portal_get_cr_running(PortalObject *self, void *Py_UNUSED(closure))
 {
-    if (self->resume != NULL) {
-        Py_RETURN_FALSE;
-    }
-    PyObject *running = PyObject_GetAttrString(self->coro, "cr_running");
-    if (running == NULL) {
-        return NULL;
-    }
-    int truth = PyObject_IsTrue(running);
-    Py_DECREF(running);
-    return truth < 0 ? NULL : PyBool_FromLong(truth);
+    return portal_forward_state(self, "cr_running", 0);
 }
 
 static PyObject *
 portal_get_cr_suspended(PortalObject *self, void *Py_UNUSED(closure))
 {
-    if (self->resume != NULL) {
-        Py_RETURN_TRUE;
-    }
-    PyObject *suspended = PyObject_GetAttrString(self->coro, "cr_suspended");
-    if (suspended == NULL) {
-        return NULL;
-    }
-    int truth = PyObject_IsTrue(suspended);
-    Py_DECREF(suspended);
-    return truth < 0 ? NULL : PyBool_FromLong(truth);
+    return portal_forward_state(self, "cr_suspended", 1);
 }
 
 static PyObject *
