@@ -104,3 +104,32 @@ def test_docs_build_without_warnings(tmp_path: Path, impl: str) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(900)
+def test_suite_in_asyncio_debug_mode(impl: str) -> None:
+    """The behaviour tests again with PYTHONASYNCIODEBUG=1: debug-mode loops
+    check thread affinity, track coroutine origins and time slow callbacks."""
+    if impl != _impl.AVAILABLE[0]:
+        pytest.skip("runs both cores itself: once")
+    env = dict(os.environ, PYTHONASYNCIODEBUG="1")
+    tests = ROOT / "tests"
+    files = ["test_await.py", "test_cancel.py", "test_errors.py", "test_portal.py", "test_tasks.py"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *(str(tests / f) for f in files),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert " passed" in proc.stdout
