@@ -127,6 +127,7 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
     if (portal == NULL) {
         return gbl_outside_portal(aw, 0);
     }
+    PortalObject *mine = portal; /* a tag: compared, never dereferenced after a switch */
     PyGreenlet *cur = PyGreenlet_GetCurrent();
     if (cur == NULL) {
         return NULL;
@@ -170,6 +171,15 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
         }
         /* aw waits: hand the yielded value to the greenlet doing the step. */
         ts = gbl_tls;
+        if (ts->current != mine) {
+            /* We run outside our portal's step (a foreign switch resumed
+             * us): there is no step to suspend; tell aw, and the caller. */
+            Py_DECREF(value);
+            gbl_set_foreign_switch_error();
+            throw = 1;
+            arg = gbl_fetch_exception();
+            continue;
+        }
         PyGreenlet *me = PyGreenlet_GetCurrent();
         if (me == NULL) {
             Py_DECREF(value);
@@ -180,25 +190,33 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
         ts->msg_value = value;
         ts->msg_resume = me;
         ts->msg_awaiting = Py_NewRef(aw);
+        ts->msg_portal = mine;
         /* Borrowed: portal_step holds the stepping greenlet until it is
          * resumed; holding it here would keep it while parked. */
-        PyObject *ret = PyGreenlet_Switch(ts->current->stepper, NULL, NULL);
+        PyObject *ret = PyGreenlet_Switch(mine->stepper, NULL, NULL);
+        ts = gbl_tls;
         if (ret == NULL) {
             /* killed (GreenletExit), thrown into with greenlet.throw, or the
              * switch failed before it happened */
-            ts = gbl_tls;
             if (ts->msg_kind == GBL_MSG_SUSPEND && ts->msg_resume == me) {
                 thread_state_clear_msg(ts);
             }
             throw = 1;
             arg = gbl_fetch_exception();
         }
+        else if (ts->current != mine || ts->job_arg == NULL) {
+            /* woken by a foreign switch, not by our portal's step */
+            Py_DECREF(ret);
+            gbl_set_foreign_switch_error();
+            throw = 1;
+            arg = gbl_fetch_exception();
+        }
         else {
             Py_DECREF(ret);
-            ts = gbl_tls;
             throw = ts->job_throw;
             arg = ts->job_arg;
             ts->job_arg = NULL;
+            ts->job_portal = NULL;
         }
     }
 }

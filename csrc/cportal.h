@@ -58,12 +58,14 @@ typedef struct {
     PyObject *job_coro;
     PyObject *job_arg;
     PyObject *job_context; /* the context to run the step in */
+    PortalObject *job_portal; /* tag, never dereferenced: whose job */
     int job_throw;
     /* message for the stepping greenlet */
     int msg_kind;
     PyObject *msg_value;
     PyGreenlet *msg_resume;
     PyObject *msg_awaiting;
+    PortalObject *msg_portal; /* tag, never dereferenced: whose message */
     int npool;
     PyGreenlet *pool[GBL_POOL_MAX];
     unsigned long owner_thread;

@@ -75,6 +75,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     }
     ts->job_throw = throw;
     ts->job_arg = Py_NewRef(arg);
+    ts->job_portal = self;
 
     PyGreenlet *cur = PyGreenlet_GetCurrent();
     if (cur == NULL || runner_reparent(runner, cur, ts->hub) < 0) {
@@ -136,10 +137,16 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     Py_DECREF(target);
     Py_XDECREF(awaiting);
 
+    if (ts->msg_kind != GBL_MSG_NONE && ts->msg_portal != self) {
+        /* A message for another portal: a foreign switch brought it here. */
+        thread_state_clear_msg(ts);
+    }
+    thread_state_clear_job(ts); /* a job nobody took (foreign switch) */
     int kind = ts->msg_kind;
     PyObject *value = ts->msg_value; /* owned from here */
     ts->msg_kind = GBL_MSG_NONE;
     ts->msg_value = NULL;
+    ts->msg_portal = NULL;
 
     if (kind == GBL_MSG_NONE) {
         /* No message: the runner ended (the coroutine raised GreenletExit,

@@ -101,6 +101,7 @@ thread_state_create(void)
     ts->current = NULL;
     ts->hub = NULL;
     ts->job_coro = ts->job_arg = ts->job_context = NULL;
+    ts->job_portal = ts->msg_portal = NULL;
     ts->job_throw = 0;
     ts->msg_kind = GBL_MSG_NONE;
     ts->msg_value = ts->msg_awaiting = NULL;
@@ -154,6 +155,7 @@ thread_state_clear_job(ThreadStateObject *ts)
     Py_CLEAR(ts->job_coro);
     Py_CLEAR(ts->job_arg);
     Py_CLEAR(ts->job_context);
+    ts->job_portal = NULL;
     ts->job_throw = 0;
 }
 
@@ -161,9 +163,22 @@ static void
 thread_state_clear_msg(ThreadStateObject *ts)
 {
     ts->msg_kind = GBL_MSG_NONE;
+    ts->msg_portal = NULL;
     Py_CLEAR(ts->msg_value);
     Py_CLEAR(ts->msg_resume);
     Py_CLEAR(ts->msg_awaiting);
+}
+
+/* Raised where a runner or a parked greenlet finds it was switched into by
+ * something other than its portal's step (a greenlet.switch() or throw()
+ * from outside): nothing can be delivered from there. */
+static void
+gbl_set_foreign_switch_error(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "greenback_loop: a task's greenlet was switched into from outside its "
+                    "portal's step (greenlet.switch() or throw() on it?); the task cannot "
+                    "continue");
 }
 
 /* -- runners ------------------------------------------------------------------ */
@@ -217,13 +232,19 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     for (;;) {
         ThreadStateObject *ts = gbl_tls;
         PyObject *coro = ts->job_coro;
+        if (coro == NULL) {
+            gbl_set_foreign_switch_error();
+            return NULL; /* no job: switched into from outside; end */
+        }
         PyObject *arg = ts->job_arg;
         int throw = ts->job_throw;
+        PortalObject *mine = ts->job_portal;
         PyThreadState *tstate = PyThreadState_Get();
         /* Run the step in the task's context: the very object, not a copy,
          * so the step's writes land in it. */
         Py_XDECREF(gbl_swap_context(tstate, ts->job_context));
         ts->job_coro = ts->job_arg = ts->job_context = NULL;
+        ts->job_portal = NULL;
 
         int kind;
         PyObject *value = NULL;
@@ -256,12 +277,20 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
             value = gbl_fetch_exception();
         }
         ts = gbl_tls;
+        if (ts->current != mine) {
+            /* The step did not come from our portal (a foreign switch woke a
+             * parked greenlet of this runner): nowhere to deliver. */
+            Py_XDECREF(value);
+            gbl_set_foreign_switch_error();
+            return NULL;
+        }
         ts->msg_kind = kind;
         ts->msg_value = value;
+        ts->msg_portal = mine;
 
         /* Back to the greenlet doing the step (borrowed: it is suspended in
          * portal_step, which holds it). */
-        PyObject *ret = PyGreenlet_Switch(ts->current->stepper, NULL, NULL);
+        PyObject *ret = PyGreenlet_Switch(mine->stepper, NULL, NULL);
         if (ret == NULL) {
             return NULL; /* killed while idle, or thrown into */
         }

@@ -74,6 +74,8 @@ class _ThreadState(threading.local):
         self.job: tuple[Any, ...] | None = None
         #: The message left by the runner or await_ for the stepping greenlet.
         self.msg: tuple[Any, ...] | None = None
+        #: id() of the portal the message is for (a tag, not a reference).
+        self.msg_portal: int = 0
         hub = getcurrent()
         while hub.parent is not None:
             hub = hub.parent
@@ -89,11 +91,25 @@ _runners_created = 0
 _RUNNER_REFS: int = -1
 
 
+_FOREIGN_SWITCH = (
+    "greenback_loop: a task's greenlet was switched into from outside its "
+    "portal's step (greenlet.switch() or throw() on it?); the task cannot continue"
+)
+
+
 def _runner_main() -> None:
-    """Body of a runner greenlet: run one step per job, forever."""
+    """Body of a runner greenlet: run one step per job, forever.
+
+    Jobs and messages carry the id of their portal (a tag, never a
+    reference): a runner or parked greenlet woken by a foreign switch finds
+    no job of its portal's and stops, instead of reporting into some other
+    portal's step.
+    """
     st = _state
     while True:
-        coro, throw, arg = st.job  # type: ignore[misc]
+        if st.job is None:
+            raise RuntimeError(_FOREIGN_SWITCH)  # ends the runner
+        coro, throw, arg, mine = st.job
         st.job = None
         try:
             if throw:
@@ -101,7 +117,7 @@ def _runner_main() -> None:
             else:
                 value = coro.send(arg)
         except StopIteration as exc:
-            st.msg = (_RETURN, exc.value)
+            msg: tuple[Any, ...] = (_RETURN, exc.value)
         except GreenletExit:
             # The runner is being killed (its last reference was dropped
             # while it was parked): end it.
@@ -109,11 +125,19 @@ def _runner_main() -> None:
         except BaseException as exc:
             if exc.__traceback__ is not None:
                 exc.__traceback__ = exc.__traceback__.tb_next  # hide this frame
-            st.msg = (_RAISE, exc)
+            msg = (_RAISE, exc)
         else:
-            st.msg = (_YIELD, value)
+            msg = (_YIELD, value)
         coro = arg = value = None
-        getcurrent().parent.switch()
+        portal = st.current
+        if portal is None or id(portal) != mine:
+            raise RuntimeError(_FOREIGN_SWITCH)  # nowhere to report: end
+        st.msg = msg
+        st.msg_portal = mine
+        msg = None  # type: ignore[assignment]
+        stepper = portal._stepper
+        portal = None
+        stepper.switch()  # type: ignore[union-attr]
 
 
 class Portal:
@@ -128,18 +152,28 @@ class Portal:
     awaitable being driven.
     """
 
-    __slots__ = ("_coro", "_runner", "_resume", "_awaiting", "_stepping", "__weakref__")
+    __slots__ = (
+        "_coro",
+        "_runner",
+        "_resume",
+        "_awaiting",
+        "_stepper",
+        "_stepping",
+        "__weakref__",
+    )
 
     _coro: Any
     _runner: greenlet | None
     _resume: greenlet | None
     _awaiting: Any
+    _stepper: greenlet | None
     _stepping: bool
 
     def __init__(self, coro: Any) -> None:
         self._runner = None  # the runner, while stepping, parked or pinned
         self._resume = None  # the greenlet parked in await_
         self._awaiting = None  # the awaitable await_ drives while parked
+        self._stepper = None  # the greenlet doing the step, during it
         self._stepping = False
         t = type(coro)
         if t is not types.CoroutineType and not (
@@ -207,12 +241,18 @@ class Portal:
         st = _state
         if self._stepping:
             raise ValueError("coroutine already executing")
+        hub = st.hub
         runner = self._runner
         resume = self._resume
+        if resume is not None and runner is not None and runner.parent is not hub:
+            # Between steps a runner's parent is its own thread's hub.
+            raise RuntimeError(
+                "a task's portal can only be stepped in the thread whose event loop runs the task"
+            )
         if resume is not None:
             assert runner is not None
             target = resume
-            st.job = (throw, arg)
+            st.job = (throw, arg, id(self))
             awaiting = self._awaiting
             self._resume = self._awaiting = None
         else:
@@ -221,20 +261,23 @@ class Portal:
                 runner = pool.pop() if pool else _new_runner()
                 self._runner = runner
             target = runner
-            st.job = (self._coro, throw, arg)
+            st.job = (self._coro, throw, arg, id(self))
         arg = None
         cur = getcurrent()
-        runner.parent = cur
+        if cur is not hub:
+            runner.parent = cur
         runner.gr_context = cur.gr_context
         prev = st.current
         st.current = self
         self._stepping = True
+        self._stepper = cur
         try:
             ret = target.switch()
         except BaseException as exc:
             st.current = prev
             st.job = st.msg = None
             self._stepping = False
+            self._stepper = None
             if runner.dead:
                 self._runner = None
             elif isinstance(exc, greenlet_error) and resume is not None:
@@ -247,10 +290,14 @@ class Portal:
             raise
         st.current = prev
         self._stepping = False
+        self._stepper = None
+        if cur is not hub and not runner.dead:
+            runner.parent = hub
         msg = st.msg
-        st.msg = None
+        if msg is not None and st.msg_portal != id(self):
+            msg = None  # a message for another portal: a foreign switch
+        st.job = st.msg = None
         cur = target = resume = None
-        hub = st.hub
         if msg is None:
             # No message: the runner ended (the coroutine raised
             # GreenletExit, which ends a greenlet and comes back as its
@@ -267,13 +314,9 @@ class Portal:
         if kind == _SUSPEND:
             self._resume = msg[2]
             self._awaiting = msg[3]
-            if runner.parent is not hub:
-                runner.parent = hub
             return msg[1]
         # The step ended: release the runner unless something else holds it.
         runner.gr_context = None
-        if runner.parent is not hub:
-            runner.parent = hub
         if _getrefcount is not None and _getrefcount(runner) <= _RUNNER_REFS:
             self._runner = None
             pool = st.pool
@@ -435,6 +478,7 @@ def await_(aw: Awaitable[T]) -> T:
             g = g.parent
     portal = runner = g = None
 
+    mine = id(st.current)  # a tag: compared, never a reference
     it = _awaitable_iter(aw)
     send = getattr(it, "send", None)
     throw = False
@@ -450,15 +494,33 @@ def await_(aw: Awaitable[T]) -> T:
         except StopIteration as exc:
             return exc.value  # type: ignore[no-any-return]
         arg = None
+        portal = st.current
+        if portal is None or id(portal) != mine:
+            # We run outside our portal's step (a foreign switch resumed
+            # us): there is no step to suspend; tell aw, and the caller.
+            value = portal = None
+            throw, arg = True, RuntimeError(_FOREIGN_SWITCH)
+            continue
         st.msg = (_SUSPEND, value, getcurrent(), aw)
+        st.msg_portal = mine
         value = None
+        stepper = portal._stepper
+        portal = None
         try:
-            st.current._runner.parent.switch()  # type: ignore[union-attr]
+            stepper.switch()  # type: ignore[union-attr]
         except BaseException as exc:  # killed, or thrown into by greenlet.throw
             throw, arg = True, exc
+            continue
+        finally:
+            stepper = None
+        job = st.job
+        st.job = None
+        portal = st.current
+        if job is None or portal is None or id(portal) != mine:
+            throw, arg = True, RuntimeError(_FOREIGN_SWITCH)
         else:
-            throw, arg = st.job  # type: ignore[misc]
-            st.job = None
+            throw, arg, _ = job
+        portal = job = None
 
 
 def _throw_into(it: Any, exc: BaseException) -> Any:

@@ -172,3 +172,62 @@ def test_run_in_other_threads_each_with_own_loop(loop_kind: str) -> None:
     for t in threads:
         t.join(60)
     assert results == {n: [190 + i for i in range(10)] for n in range(4)}
+
+
+async def test_portal_stepped_from_another_thread_is_refused() -> None:
+    """Driving a parked task's coroutine from another thread raises a clear
+    error there and leaves the task intact."""
+    gate = asyncio.Event()
+
+    def park() -> str:
+        greenback_loop.await_(gate.wait())
+        return "resumed"
+
+    async def body() -> str:
+        return park()
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0)
+    portal = task.get_coro()
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            portal.send(None)  # type: ignore[union-attr]
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert "thread whose event loop runs the task" in str(errors[0])
+    gate.set()
+    assert await task == "resumed"
+
+
+def test_foreign_switch_into_parked_greenlet_fails_cleanly(run: Any) -> None:
+    """greenlet.throw() into a task's greenlet parked in await_ cannot be
+    honoured; it ends in a RuntimeError, never a crash."""
+    import greenlet
+
+    parked: list[Any] = []
+
+    def sync_layer() -> str:
+        parked.append(greenlet.getcurrent())
+        try:
+            greenback_loop.await_(asyncio.sleep(10))
+        except KeyError:
+            return "caught"
+        return "slept"
+
+    async def victim() -> str:
+        return sync_layer()
+
+    async def main() -> None:
+        task = asyncio.create_task(victim())
+        await asyncio.sleep(0)
+        parked[0].throw(KeyError)
+
+    with pytest.raises(RuntimeError, match="switched into from outside"):
+        run(main())
