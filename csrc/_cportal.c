@@ -54,12 +54,12 @@ gbl_debug_switch_roundtrip(PyObject *Py_UNUSED(module), PyObject *arg)
     }
     bounce_home = PyGreenlet_GetCurrent();
     PyObject *r = PyGreenlet_Switch(g, NULL, NULL); /* start it */
-    _PyTime_t t0 = _PyTime_GetPerfCounter();
+    int64_t t0 = gbl_perf_counter_ns();
     for (Py_ssize_t i = 0; r != NULL && i < n; i++) {
         Py_DECREF(r);
         r = PyGreenlet_Switch(g, NULL, NULL);
     }
-    _PyTime_t t1 = _PyTime_GetPerfCounter();
+    int64_t t1 = gbl_perf_counter_ns();
     Py_XDECREF(r);
     Py_DECREF(g); /* kills it */
     Py_CLEAR(bounce_home);

@@ -103,4 +103,17 @@ gbl_is_iterable_coroutine(PyObject *obj)
     return (flags & CO_ITERABLE_COROUTINE) != 0;
 }
 
+/* A monotonic clock in nanoseconds (for the _debug_ measurements). */
+static inline int64_t
+gbl_perf_counter_ns(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_PerfCounterRaw(&t);
+    return (int64_t)t;
+#else
+    return (int64_t)_PyTime_GetPerfCounter();
+#endif
+}
+
 #endif /* GBL_COMPAT_H */
