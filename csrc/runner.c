@@ -265,17 +265,20 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
             PySendResult r = PyIter_Send(coro, arg, &value);
             kind = r == PYGEN_NEXT ? GBL_MSG_YIELD : r == PYGEN_RETURN ? GBL_MSG_RETURN : GBL_MSG_RAISE;
         }
-        Py_DECREF(coro);
-        Py_DECREF(arg);
-        /* Between steps, the runner holds no context (nothing of the task). */
-        Py_XDECREF(gbl_swap_context(tstate, NULL));
         if (kind == GBL_MSG_RAISE) {
             if (PyErr_ExceptionMatches(PyExc_GreenletExit)) {
                 /* The runner is being killed: end it. */
+                Py_DECREF(coro);
+                Py_DECREF(arg);
                 return NULL;
             }
             value = gbl_fetch_exception();
         }
+        /* No exception is set from here: the decrefs may run code. */
+        Py_DECREF(coro);
+        Py_DECREF(arg);
+        /* Between steps, the runner holds no context (nothing of the task). */
+        Py_XDECREF(gbl_swap_context(tstate, NULL));
         ts = gbl_tls;
         if (ts->current != mine) {
             /* The step did not come from our portal (a foreign switch woke a
