@@ -496,34 +496,17 @@ portal_await(PortalObject *self)
 
 /* -- introspection, forwarded to the real coroutine ------------------------------------ */
 
-static PyObject *
-portal_get_name(PortalObject *self, void *Py_UNUSED(closure))
-{
-    return PyObject_GetAttrString(self->coro, "__name__");
-}
-
-static int
-portal_set_name(PortalObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    return PyObject_SetAttrString(self->coro, "__name__", value);
-}
-
-static PyObject *
-portal_get_qualname(PortalObject *self, void *Py_UNUSED(closure))
-{
-    return PyObject_GetAttrString(self->coro, "__qualname__");
-}
-
-static int
-portal_set_qualname(PortalObject *self, PyObject *value, void *Py_UNUSED(closure))
-{
-    return PyObject_SetAttrString(self->coro, "__qualname__", value);
-}
-
+/* Getters and setters whose closure is the attribute's name on the coroutine. */
 static PyObject *
 portal_get_forwarded(PortalObject *self, void *closure)
 {
     return PyObject_GetAttrString(self->coro, (const char *)closure);
+}
+
+static int
+portal_set_forwarded(PortalObject *self, PyObject *value, void *closure)
+{
+    return PyObject_SetAttrString(self->coro, (const char *)closure, value);
 }
 
 /* bool(coro.<name>), or when_parked while parked in await_ (the real
@@ -594,8 +577,9 @@ static PyMethodDef portal_methods[] = {
 };
 
 static PyGetSetDef portal_getsets[] = {
-    {"__name__", (getter)portal_get_name, (setter)portal_set_name, NULL, NULL},
-    {"__qualname__", (getter)portal_get_qualname, (setter)portal_set_qualname, NULL, NULL},
+    {"__name__", (getter)portal_get_forwarded, (setter)portal_set_forwarded, NULL, "__name__"},
+    {"__qualname__", (getter)portal_get_forwarded, (setter)portal_set_forwarded, NULL,
+     "__qualname__"},
     {"cr_code", (getter)portal_get_forwarded, NULL, NULL, "cr_code"},
     {"cr_frame", (getter)portal_get_forwarded, NULL, NULL, "cr_frame"},
     {"cr_origin", (getter)portal_get_forwarded, NULL, NULL, "cr_origin"},

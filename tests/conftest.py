@@ -79,6 +79,21 @@ def _collect_between_tests() -> Iterator[None]:
     gc.collect()
 
 
+def run_pytest(cwd: Any, env: dict[str, str], *args: str) -> Any:
+    """Run pytest in a subprocess (for suites run again under other
+    conditions); returns the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     import greenlet
     import uvloop

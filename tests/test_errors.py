@@ -227,6 +227,7 @@ def test_foreign_switch_into_parked_greenlet_fails_cleanly(run: Any) -> None:
     async def main() -> None:
         task = asyncio.create_task(victim())
         await asyncio.sleep(0)
+        assert not task.done()  # parked inside await_
         parked[0].throw(KeyError)
 
     with pytest.raises(RuntimeError, match="switched into from outside"):

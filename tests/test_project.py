@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_pytest
 
 import greenback_loop
 from greenback_loop import _impl
@@ -115,21 +116,6 @@ def test_suite_in_asyncio_debug_mode(impl: str) -> None:
     env = dict(os.environ, PYTHONASYNCIODEBUG="1")
     tests = ROOT / "tests"
     files = ["test_await.py", "test_cancel.py", "test_errors.py", "test_portal.py", "test_tasks.py"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            *(str(tests / f) for f in files),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_pytest(ROOT, env, *(str(tests / f) for f in files))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert " passed" in proc.stdout

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_pytest
 
 from greenback_loop import _impl
 
@@ -70,24 +71,13 @@ def test_suite_under_asan_and_ubsan(tmp_path: Path, impl: str) -> None:
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
         LD_PRELOAD=f"{runtime('libasan.so')} {runtime('libubsan.so')}",
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-x",
-            "tests",
-            "-k",
-            "not sanitizers and not docs and not benchmarks and not leak",
-        ],
-        cwd=copy,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
+    proc = run_pytest(
+        copy,
+        env,
+        "-x",
+        "tests",
+        "-k",
+        "not sanitizers and not docs and not benchmarks and not leak",
     )
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
