@@ -45,9 +45,9 @@ typedef struct {
     PyGreenlet *runner;   /* while stepping, parked or pinned */
     PyGreenlet *resume;   /* the greenlet parked in await_ */
     PyObject *awaiting;   /* what await_ drives while parked */
-    PyGreenlet *stepper;  /* borrowed: the greenlet doing the step, during it */
+    PyGreenlet *stepper;  /* borrowed: the greenlet doing the step, during it;
+                             non-NULL exactly while the portal is stepping */
     PyObject *weakreflist;
-    char stepping;
 } PortalObject;
 
 typedef struct {

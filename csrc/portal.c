@@ -43,7 +43,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
         PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core has been unloaded");
         return PYGEN_ERROR;
     }
-    if (self->stepping) {
+    if (self->stepper != NULL) {
         PyErr_SetString(PyExc_ValueError, "coroutine already executing");
         return PYGEN_ERROR;
     }
@@ -93,13 +93,11 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
 
     PortalObject *prev = ts->current;
     ts->current = self;
-    self->stepping = 1;
     self->stepper = cur;
     Py_INCREF(self);
     PyObject *ret = PyGreenlet_Switch(target, NULL, NULL);
     ts = gbl_tls;
     ts->current = prev;
-    self->stepping = 0;
     self->stepper = NULL;
     if (cur != ts->hub && !greenlet_is_dead(runner) &&
         PyGreenlet_SetParent(runner, ts->hub) < 0)
@@ -218,7 +216,6 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->awaiting = NULL;
     self->weakreflist = NULL;
     self->stepper = NULL;
-    self->stepping = 0;
     PyObject_GC_Track(self);
     return self;
 }
@@ -455,7 +452,7 @@ static PyObject *
 portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->resume == NULL) {
-        if (self->stepping) {
+        if (self->stepper != NULL) {
             PyErr_SetString(PyExc_ValueError, "coroutine already executing");
             return NULL;
         }

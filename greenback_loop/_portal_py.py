@@ -158,7 +158,6 @@ class Portal:
         "_resume",
         "_awaiting",
         "_stepper",
-        "_stepping",
         "__weakref__",
     )
 
@@ -167,14 +166,12 @@ class Portal:
     _resume: greenlet | None
     _awaiting: Any
     _stepper: greenlet | None
-    _stepping: bool
 
     def __init__(self, coro: Any) -> None:
         self._runner = None  # the runner, while stepping, parked or pinned
         self._resume = None  # the greenlet parked in await_
         self._awaiting = None  # the awaitable await_ drives while parked
-        self._stepper = None  # the greenlet doing the step, during it
-        self._stepping = False
+        self._stepper = None  # the greenlet doing the step: set exactly while stepping
         t = type(coro)
         if t is not types.CoroutineType and not (
             t is types.GeneratorType or isinstance(coro, collections.abc.Coroutine)
@@ -203,7 +200,7 @@ class Portal:
 
     def close(self) -> Any:
         if self._resume is None:
-            if self._stepping:
+            if self._stepper is not None:
                 raise ValueError("coroutine already executing")
             return self._coro.close()
         try:
@@ -239,7 +236,7 @@ class Portal:
 
     def _step(self, throw: bool, arg: Any) -> Any:
         st = _state
-        if self._stepping:
+        if self._stepper is not None:
             raise ValueError("coroutine already executing")
         hub = st.hub
         runner = self._runner
@@ -269,14 +266,12 @@ class Portal:
         runner.gr_context = cur.gr_context
         prev = st.current
         st.current = self
-        self._stepping = True
         self._stepper = cur
         try:
             ret = target.switch()
         except BaseException as exc:
             st.current = prev
             st.job = st.msg = None
-            self._stepping = False
             self._stepper = None
             if runner.dead:
                 self._runner = None
@@ -289,7 +284,6 @@ class Portal:
                 ) from exc
             raise
         st.current = prev
-        self._stepping = False
         self._stepper = None
         if cur is not hub and not runner.dead:
             runner.parent = hub
