@@ -52,7 +52,7 @@ if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation()
         Extension(
             "greenback_loop._cportal",
             sources=["csrc/_cportal.c"],
-            depends=["csrc/cportal.h", "csrc/compat.h", "csrc/runner.c", "csrc/portal.c", "csrc/await.c"],
+            depends=["csrc/cportal.h", "csrc/compat.h", "csrc/runner.c", "csrc/portal.c", "csrc/await.c", "csrc/create_task.c"],
             include_dirs=[greenlet_include()],
             extra_compile_args=compile_args,
             extra_link_args=link_args,

@@ -8,6 +8,7 @@
 #include "runner.c"
 #include "portal.c"
 #include "await.c"
+#include "create_task.c"
 
 static PyObject *
 gbl_debug_runners_created(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
@@ -71,6 +72,8 @@ gbl_debug_switch_roundtrip(PyObject *Py_UNUSED(module), PyObject *arg)
 
 static PyMethodDef module_methods[] = {
     {"await_", gbl_await, METH_O, gbl_await_doc},
+    {"portal_create_task", (PyCFunction)(void (*)(void))gbl_portal_create_task, METH_FASTCALL,
+     gbl_portal_create_task_doc},
     {"in_portal", gbl_in_portal, METH_NOARGS,
      "in_portal()\n--\n\nWhether await_() can suspend from the calling greenlet."},
     {"_debug_runners_created", gbl_debug_runners_created, METH_NOARGS,
@@ -88,6 +91,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     gbl_module_state *st = PyModule_GetState(module);
     Py_VISIT(st->portal_type);
     Py_VISIT(st->thread_state_type);
+    Py_VISIT(st->create_task_type);
     Py_VISIT(st->runner_run);
     Py_VISIT(st->thread_dict_key);
     Py_VISIT(st->str_throw);
@@ -106,6 +110,7 @@ module_clear(PyObject *module)
     gbl_module_state *st = PyModule_GetState(module);
     Py_CLEAR(st->portal_type);
     Py_CLEAR(st->thread_state_type);
+    Py_CLEAR(st->create_task_type);
     Py_CLEAR(st->runner_run);
     Py_CLEAR(st->thread_dict_key);
     Py_CLEAR(st->str_throw);
@@ -201,6 +206,11 @@ module_exec(PyObject *module)
     st->thread_state_type =
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &thread_state_spec, NULL);
     if (st->thread_state_type == NULL) {
+        return -1;
+    }
+    st->create_task_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &create_task_spec, NULL);
+    if (st->create_task_type == NULL) {
         return -1;
     }
     st->runner_run = PyCFunction_NewEx(&runner_run_def, NULL, NULL);

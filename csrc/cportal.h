@@ -27,6 +27,7 @@ enum gbl_msg_kind {
 typedef struct {
     PyTypeObject *portal_type;
     PyTypeObject *thread_state_type;
+    PyTypeObject *create_task_type;
     PyObject *runner_run;      /* the callable every runner greenlet runs */
     PyObject *thread_dict_key; /* key of the ThreadState in thread dicts */
     PyObject *str_throw;

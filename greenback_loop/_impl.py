@@ -56,3 +56,6 @@ def select(name: str) -> None:
 
     greenback_loop.await_ = core.await_
     greenback_loop.implementation = name
+    from ._loop import reinstall_create_tasks
+
+    reinstall_create_tasks()

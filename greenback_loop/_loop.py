@@ -33,30 +33,29 @@ def wrap(coro: Any) -> Any:
     return coro
 
 
-def portal_create_task(base_create_task: Callable[..., Any]) -> Callable[..., Any]:
-    """A ``create_task`` that wraps the coroutine in a portal, then calls
-    *base_create_task* with the caller's arguments untouched (so task
-    factories, eager tasks and the Task type are those of the base loop).
+# (loop class, its base's create_task), for every class whose create_task the
+# selected core provides; re-installed when the core changes (tests).
+_portal_loop_classes: list[tuple[type, Callable[..., Any]]] = []
 
-    The common case (a native coroutine) is inlined: spawning a task is hot.
-    """
 
-    def create_task(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
-        if type(coro) is _CoroutineType:
-            coro = _impl.core.Portal(coro)
-        else:
-            coro = wrap(coro)
-        return base_create_task(self, coro, *args, **kwargs)
+def install_create_task(cls: type, base_create_task: Callable[..., Any]) -> None:
+    """Give *cls* the selected core's ``create_task`` over *base_create_task*
+    (C on CPython: spawning a task is hot)."""
+    _portal_loop_classes.append((cls, base_create_task))
+    cls.create_task = _impl.core.portal_create_task(base_create_task, wrap)  # type: ignore[attr-defined]
 
-    create_task.__doc__ = base_create_task.__doc__
-    return create_task
+
+def reinstall_create_tasks() -> None:
+    """After ``_impl.select()``: every loop class gets the new core's."""
+    for cls, base in _portal_loop_classes:
+        cls.create_task = _impl.core.portal_create_task(base, wrap)  # type: ignore[attr-defined]
 
 
 class PortalLoopMixin:
     """Mixin for an event loop class whose every task gets a portal: its
     ``create_task`` wraps the coroutine, then calls the next class's
-    ``create_task``. The concrete loops bind their base's ``create_task``
-    directly (see :func:`portal_create_task`), which is faster."""
+    ``create_task``. greenback_loop's own loops install a faster one bound to
+    their base class (see :func:`install_create_task`)."""
 
     __slots__ = ()
 
@@ -67,7 +66,8 @@ class PortalLoopMixin:
 class EventLoop(PortalLoopMixin, _BaseEventLoop):
     """asyncio's default event loop class, with a portal in every task."""
 
-    create_task = portal_create_task(_BaseEventLoop.create_task)
+
+install_create_task(EventLoop, _BaseEventLoop.create_task)
 
 
 def is_portal_loop(loop: object) -> bool:

@@ -36,7 +36,7 @@ import sys
 import threading
 import types
 import warnings
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -44,7 +44,7 @@ from greenlet import error as greenlet_error
 
 from ._errors import await_outside_portal
 
-__all__ = ["Portal", "await_", "in_portal"]
+__all__ = ["Portal", "await_", "in_portal", "portal_create_task"]
 
 T = TypeVar("T")
 
@@ -405,6 +405,25 @@ def _make_exception(typ: Any, val: Any = None, tb: Any = None) -> BaseException:
     if tb is not None:
         exc = exc.with_traceback(tb)
     return exc
+
+
+def portal_create_task(base: Callable[..., Any], wrap: Callable[[Any], Any]) -> Callable[..., Any]:
+    """A ``create_task`` method for a loop class: wraps the coroutine in a
+    portal (native coroutines here, anything else through ``wrap(coro)``) and
+    calls ``base(loop, portal, ...)`` with the other arguments untouched."""
+
+    def create_task(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            coro = args[0]
+            coro = Portal(coro) if type(coro) is types.CoroutineType else wrap(coro)
+            args = (coro, *args[1:])
+        elif "coro" in kwargs:
+            kwargs["coro"] = wrap(kwargs["coro"])
+        return base(self, *args, **kwargs)
+
+    create_task.__doc__ = base.__doc__
+    create_task.__wrapped__ = base  # type: ignore[attr-defined]
+    return create_task
 
 
 # -- await_ -----------------------------------------------------------------

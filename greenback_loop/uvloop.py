@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised without uvloop
         "pip install 'greenback_loop[uvloop]'"
     ) from exc
 
-from ._loop import PortalLoopMixin, portal_create_task
+from ._loop import PortalLoopMixin, install_create_task
 
 __all__ = ["Loop", "new_event_loop", "run"]
 
@@ -38,7 +38,8 @@ T = TypeVar("T")
 class Loop(PortalLoopMixin, _uvloop.Loop):  # type: ignore[misc]
     """uvloop's event loop, with a portal in every task."""
 
-    create_task = portal_create_task(_uvloop.Loop.create_task)
+
+install_create_task(Loop, _uvloop.Loop.create_task)
 
 
 def new_event_loop() -> Loop:

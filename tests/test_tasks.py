@@ -40,6 +40,17 @@ async def test_create_task() -> None:
     assert await loop.create_task(handler(2), name="named") == "report 4"
 
 
+async def test_create_task_arguments_pass_through() -> None:
+    loop = asyncio.get_running_loop()
+    by_keyword = loop.create_task(coro=handler(3), name="kw")
+    assert greenback_loop.has_portal(by_keyword)
+    assert by_keyword.get_name() == "kw"
+    assert await by_keyword == "report 6"
+    assert loop.create_task.__name__ == "create_task"
+    with pytest.raises(TypeError):
+        loop.create_task()  # type: ignore[call-arg]
+
+
 async def test_create_task_keeps_name_and_context() -> None:
     import contextvars
 
