@@ -96,9 +96,6 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->thread_dict_key);
     Py_VISIT(st->str_throw);
     Py_VISIT(st->str_close);
-    Py_VISIT(st->str_send);
-    Py_VISIT(st->str_gr_context);
-    Py_VISIT(st->str_value);
     Py_VISIT(st->coroutine_abc);
     Py_VISIT(st->errors_module);
     return 0;
@@ -115,9 +112,6 @@ module_clear(PyObject *module)
     Py_CLEAR(st->thread_dict_key);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
-    Py_CLEAR(st->str_send);
-    Py_CLEAR(st->str_gr_context);
-    Py_CLEAR(st->str_value);
     Py_CLEAR(st->coroutine_abc);
     Py_CLEAR(st->errors_module);
     return 0;
@@ -193,9 +187,6 @@ module_exec(PyObject *module)
     } while (0)
     INTERN(str_throw, "throw");
     INTERN(str_close, "close");
-    INTERN(str_send, "send");
-    INTERN(str_gr_context, "gr_context");
-    INTERN(str_value, "value");
     INTERN(thread_dict_key, "greenback_loop._cportal.thread_state");
 #undef INTERN
 

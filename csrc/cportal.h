@@ -32,9 +32,6 @@ typedef struct {
     PyObject *thread_dict_key; /* key of the ThreadState in thread dicts */
     PyObject *str_throw;
     PyObject *str_close;
-    PyObject *str_send;
-    PyObject *str_gr_context;
-    PyObject *str_value;
     PyObject *coroutine_abc;   /* collections.abc.Coroutine */
     PyObject *errors_module;   /* greenback_loop._errors, imported on first use */
     Py_ssize_t runner_refs; /* refcount of an unshared runner at the check */

@@ -291,7 +291,7 @@ portal_finalize(PortalObject *self)
              * its own thread. */
             Py_DECREF(err);
         }
-        else {
+        else if (err != NULL) {
             gbl_restore_exception(err);
             PyErr_WriteUnraisable((PyObject *)self);
         }
@@ -329,17 +329,25 @@ portal_am_send(PortalObject *self, PyObject *arg, PyObject **presult)
     return portal_step(self, 0, arg, presult);
 }
 
+/* A step as the send()/throw() methods report it: the yielded value, or
+ * NULL with StopIteration(value) when the coroutine returned. */
 static PyObject *
-portal_send(PortalObject *self, PyObject *arg)
+portal_step_method(PortalObject *self, int throw, PyObject *arg)
 {
     PyObject *result;
-    PySendResult r = portal_step(self, 0, arg, &result);
+    PySendResult r = portal_step(self, throw, arg, &result);
     if (r == PYGEN_RETURN) {
         gbl_set_stop_iteration(result);
         Py_DECREF(result);
         return NULL;
     }
     return result;
+}
+
+static PyObject *
+portal_send(PortalObject *self, PyObject *arg)
+{
+    return portal_step_method(self, 0, arg);
 }
 
 static PyObject *
@@ -437,14 +445,8 @@ portal_throw(PortalObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (exc == NULL) {
         return NULL;
     }
-    PyObject *result;
-    PySendResult r = portal_step(self, 1, exc, &result);
+    PyObject *result = portal_step_method(self, 1, exc);
     Py_DECREF(exc);
-    if (r == PYGEN_RETURN) {
-        gbl_set_stop_iteration(result);
-        Py_DECREF(result);
-        return NULL;
-    }
     return result;
 }
 

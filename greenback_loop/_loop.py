@@ -42,11 +42,12 @@ def install_create_task(cls: type, base_create_task: Callable[..., Any]) -> None
     """Give *cls* the selected core's ``create_task`` over *base_create_task*
     (C on CPython: spawning a task is hot)."""
     _portal_loop_classes.append((cls, base_create_task))
-    cls.create_task = _impl.core.portal_create_task(base_create_task, wrap)  # type: ignore[attr-defined]
+    reinstall_create_tasks()
 
 
 def reinstall_create_tasks() -> None:
-    """After ``_impl.select()``: every loop class gets the new core's."""
+    """Give every portal loop class the selected core's ``create_task``
+    (at class creation, and after ``_impl.select()``)."""
     for cls, base in _portal_loop_classes:
         cls.create_task = _impl.core.portal_create_task(base, wrap)  # type: ignore[attr-defined]
 
