@@ -31,7 +31,13 @@ def greenlet_include() -> str:
 
 ext_modules = []
 if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation() == "CPython":
-    compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+    compile_args = [
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+        "-Wno-missing-field-initializers",
+    ]
     link_args: list[str] = []
     undef = []
     if flag("GREENBACK_LOOP_DEBUG_BUILD"):
@@ -52,7 +58,14 @@ if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation()
         Extension(
             "greenback_loop._cportal",
             sources=["csrc/_cportal.c"],
-            depends=["csrc/cportal.h", "csrc/compat.h", "csrc/runner.c", "csrc/portal.c", "csrc/await.c", "csrc/create_task.c"],
+            depends=[
+                "csrc/cportal.h",
+                "csrc/compat.h",
+                "csrc/runner.c",
+                "csrc/portal.c",
+                "csrc/await.c",
+                "csrc/create_task.c",
+            ],
             include_dirs=[greenlet_include()],
             extra_compile_args=compile_args,
             extra_link_args=link_args,

@@ -9,6 +9,9 @@
 #error "greenback_loop needs CPython 3.11 or newer"
 #endif
 
+/* Coroutines have cr_state ("CORO_CREATED", ...) from 3.15 on. */
+#define GBL_HAS_CR_STATE (PY_VERSION_HEX >= 0x030F0000)
+
 /* The exception being raised, as one object (3.12 API), and back. */
 static inline PyObject *
 gbl_fetch_exception(void)

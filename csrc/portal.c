@@ -537,6 +537,18 @@ portal_get_cr_suspended(PortalObject *self, void *Py_UNUSED(closure))
     return portal_forward_state(self, "cr_suspended", 1);
 }
 
+#if GBL_HAS_CR_STATE
+/* 3.15's cr_state: "CORO_SUSPENDED" while parked, else the real one's. */
+static PyObject *
+portal_get_cr_state(PortalObject *self, void *Py_UNUSED(closure))
+{
+    if (self->resume != NULL) {
+        return PyUnicode_InternFromString("CORO_SUSPENDED");
+    }
+    return PyObject_GetAttrString(self->coro, "cr_state");
+}
+#endif
+
 static PyObject *
 portal_get_cr_await(PortalObject *self, void *Py_UNUSED(closure))
 {
@@ -585,6 +597,9 @@ static PyGetSetDef portal_getsets[] = {
     {"cr_running", (getter)portal_get_cr_running, NULL, NULL, NULL},
     {"cr_await", (getter)portal_get_cr_await, NULL, NULL, NULL},
     {"cr_suspended", (getter)portal_get_cr_suspended, NULL, NULL, NULL},
+#if GBL_HAS_CR_STATE
+    {"cr_state", (getter)portal_get_cr_state, NULL, NULL, NULL},
+#endif
     {NULL, NULL, NULL, NULL, NULL},
 };
 

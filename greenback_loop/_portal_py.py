@@ -60,6 +60,7 @@ _SUSPEND = 3  # (kind, value, greenlet, awaitable): await_ suspended the step
 
 _CO_ITERABLE_COROUTINE = 0x100
 _HAS_CR_SUSPENDED = hasattr(types.CoroutineType, "cr_suspended")
+_HAS_CR_STATE = hasattr(types.CoroutineType, "cr_state")  # 3.15+
 _CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
 _getrefcount = getattr(sys, "getrefcount", None)
 
@@ -76,6 +77,12 @@ class _ThreadState(threading.local):
         self.msg: tuple[Any, ...] | None = None
         #: id() of the portal the message is for (a tag, not a reference).
         self.msg_portal: int = 0
+        #: The coroutines whose send() or throw() is on a runner's stack.
+        #: The C core holds those on the C stack, out of the garbage
+        #: collector's sight; rooting them here does the same, so the
+        #: collector never finalizes a coroutine in the middle of a step
+        #: (it would report "coroutine already executing").
+        self.sending: dict[int, Any] = {}
         hub = getcurrent()
         while hub.parent is not None:
             hub = hub.parent
@@ -111,6 +118,9 @@ def _runner_main() -> None:
             raise RuntimeError(_FOREIGN_SWITCH)  # ends the runner
         coro, throw, arg, mine = st.job
         st.job = None
+        sending = st.sending
+        key = id(coro)
+        sending[key] = coro
         try:
             if throw:
                 value = coro.throw(arg)
@@ -128,6 +138,8 @@ def _runner_main() -> None:
             msg = (_RAISE, exc)
         else:
             msg = (_YIELD, value)
+        finally:
+            del sending[key]
         coro = arg = value = None
         portal = st.current
         if portal is None or id(portal) != mine:
@@ -353,6 +365,14 @@ class Portal:
         @property
         def cr_suspended(self) -> bool:
             return self._resume is not None or bool(self._coro.cr_suspended)
+
+    if _HAS_CR_STATE:
+
+        @property
+        def cr_state(self) -> str:
+            if self._resume is not None:
+                return "CORO_SUSPENDED"
+            return self._coro.cr_state  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         # Reached for what Portal itself lacks: __name__, __qualname__ (a

@@ -85,14 +85,19 @@ def run(
 
 
 _deprecated_names = ("install", "EventLoopPolicy")
-if sys.version_info < (3, 16) and all(hasattr(_uvloop, n) for n in _deprecated_names):
+# uvloop lists these in __all__ while it has them. Asking with hasattr() would
+# make uvloop >= 0.21 build its policy class, which warns on Python 3.14.
+_uvloop_has_policy = sys.version_info < (3, 16) and all(
+    n in getattr(_uvloop, "__all__", ()) for n in _deprecated_names
+)
+if _uvloop_has_policy:
     __all__ += list(_deprecated_names)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _deprecated_names:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if sys.version_info >= (3, 16) or not hasattr(_uvloop, name):
+    if not _uvloop_has_policy:
         raise AttributeError(
             f"module {__name__!r} has no attribute {name!r}: asyncio event "
             "loop policies are gone; use greenback_loop.uvloop.run() instead"

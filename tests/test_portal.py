@@ -94,6 +94,7 @@ async def test_coroutine_state_and_cr_await() -> None:
     assert portal.cr_await.cr_code is asyncio.Event.wait.__code__
     if hasattr(types.CoroutineType, "cr_suspended"):
         assert portal.cr_suspended is True
+    assert hasattr(portal, "cr_state") == hasattr(types.CoroutineType, "cr_state")
     assert portal.cr_frame.f_code is parked_forever.__code__
     gate.set()
     await task
@@ -278,3 +279,55 @@ def test_exhausted_portal_raises_like_a_coroutine() -> None:
     assert drive(portal) == ("returned", 1)
     with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
         portal.send(None)
+
+
+needs_call_graph = pytest.mark.skipif(
+    not hasattr(asyncio, "capture_call_graph"), reason="asyncio.capture_call_graph is new in 3.14"
+)
+
+
+def graph_frames(task: asyncio.Task[Any]) -> list[str]:
+    graph = asyncio.capture_call_graph(task)  # type: ignore[attr-defined]
+    assert graph is not None
+    return [entry.frame.f_code.co_qualname for entry in graph.call_stack]
+
+
+@needs_call_graph
+async def test_call_graph_matches_a_plain_task() -> None:
+    gate = asyncio.Event()
+
+    async def inner() -> None:
+        await gate.wait()
+
+    async def outer() -> None:
+        await inner()
+
+    portal_task = asyncio.create_task(outer())
+    plain_task = asyncio.Task(outer())  # no portal
+    await asyncio.sleep(0)
+    assert graph_frames(portal_task) == graph_frames(plain_task)
+    assert graph_frames(portal_task) == [
+        "Event.wait",
+        "test_call_graph_matches_a_plain_task.<locals>.inner",
+        "test_call_graph_matches_a_plain_task.<locals>.outer",
+    ]
+    gate.set()
+    await asyncio.gather(portal_task, plain_task)
+
+
+@needs_call_graph
+async def test_call_graph_while_parked_in_await_() -> None:
+    gate = asyncio.Event()
+    task = asyncio.create_task(parked_forever(gate))
+
+    async def awaiter() -> None:
+        await task
+
+    waiting = asyncio.create_task(awaiter())
+    await asyncio.sleep(0)
+    # the coroutine await_ drives, then the task's own coroutine
+    assert graph_frames(task) == ["Event.wait", "parked_forever"]
+    graph = asyncio.capture_call_graph(task)  # type: ignore[attr-defined]
+    assert [entry.future for entry in graph.awaited_by] == [waiting]
+    gate.set()
+    await waiting
