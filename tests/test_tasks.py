@@ -243,6 +243,35 @@ def test_uvloop_dropin() -> None:
         gb_uvloop.run(handler(1), loop_factory=uvloop.new_event_loop)
 
 
+def test_uvloop_dropin_import_leaves_uvloop_policy_alone() -> None:
+    """Importing the drop-in must not touch uvloop's deprecated policy names:
+    uvloop builds its policy class on first access, which warns on 3.14."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import uvloop
+        seen = []
+        lookup = getattr(uvloop, "__getattr__", None)
+        def spy(name):
+            seen.append(name)
+            if lookup is None:
+                raise AttributeError(name)
+            return lookup(name)
+        uvloop.__getattr__ = spy
+        for name in ("EventLoopPolicy", "install"):
+            uvloop.__dict__.pop(name, None)  # older uvloop defines them outright
+        import greenback_loop.uvloop
+        assert seen == [], seen
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.skipif(sys.version_info >= (3, 16), reason="policies removed in 3.16")
 def test_uvloop_dropin_policy() -> None:
     import warnings
