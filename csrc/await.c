@@ -139,11 +139,16 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             return found < 0 ? NULL : gbl_outside_portal(aw, 1);
         }
     }
-    Py_DECREF(cur);
     portal = NULL;
+    /* `cur` (owned) is this greenlet, saved for a second lookup: the first
+     * suspension hands it over as the greenlet to resume, and later ones,
+     * after a resume, look it up again. So this frame holds no reference
+     * to its greenlet while parked, where the garbage collector could not
+     * see it. */
 
     PyObject *it = gbl_awaitable_iter(aw);
     if (it == NULL) {
+        Py_DECREF(cur);
         return NULL;
     }
     int throw = 0;
@@ -155,6 +160,7 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             Py_DECREF(arg);
             if (value == NULL) {
                 Py_DECREF(it);
+                Py_XDECREF(cur);
                 if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
                     return gbl_fetch_stop_iteration_value();
                 }
@@ -166,6 +172,7 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             Py_DECREF(arg);
             if (r != PYGEN_NEXT) {
                 Py_DECREF(it);
+                Py_XDECREF(cur);
                 return value; /* the result, or NULL with the exception */
             }
         }
@@ -180,7 +187,8 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             arg = gbl_fetch_exception();
             continue;
         }
-        PyGreenlet *me = PyGreenlet_GetCurrent();
+        PyGreenlet *me = cur != NULL ? cur : PyGreenlet_GetCurrent();
+        cur = NULL;
         if (me == NULL) {
             Py_DECREF(value);
             Py_DECREF(it);
