@@ -89,6 +89,51 @@ gbl_swap_context(PyThreadState *tstate, PyObject *ctx)
     return old;
 }
 
+/* The thread's chain of running Python frames, as an opaque link.
+ *
+ * A portal step switches from the greenlet running the event loop into a
+ * runner. greenlet saves the frame chain of the greenlet it leaves, makes a
+ * frame object for its top frame (the loop's Handle._run frame, new at every
+ * step on asyncio) and, on 3.12+, walks the whole chain to make it
+ * introspectable while suspended. portal_step unlinks the chain for the
+ * length of the switch and links the very same pointer back when the switch
+ * returns, before any Python code of this greenlet runs again; nothing reads
+ * the loop's frames in between. The field is a pointer to an opaque struct
+ * in the public (non-limited) PyThreadState, under _PyCFrame before 3.13. */
+#if PY_VERSION_HEX >= 0x030D0000
+typedef struct _PyInterpreterFrame *gbl_frame_link;
+
+static inline gbl_frame_link
+gbl_unlink_frames(PyThreadState *tstate)
+{
+    gbl_frame_link top = tstate->current_frame;
+    tstate->current_frame = NULL;
+    return top;
+}
+
+static inline void
+gbl_relink_frames(PyThreadState *tstate, gbl_frame_link top)
+{
+    tstate->current_frame = top;
+}
+#else
+typedef struct _PyInterpreterFrame *gbl_frame_link;
+
+static inline gbl_frame_link
+gbl_unlink_frames(PyThreadState *tstate)
+{
+    gbl_frame_link top = tstate->cframe->current_frame;
+    tstate->cframe->current_frame = NULL;
+    return top;
+}
+
+static inline void
+gbl_relink_frames(PyThreadState *tstate, gbl_frame_link top)
+{
+    tstate->cframe->current_frame = top;
+}
+#endif
+
 /* Generators flagged by types.coroutine are awaitable as they are. */
 static inline int
 gbl_is_iterable_coroutine(PyObject *obj)

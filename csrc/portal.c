@@ -95,7 +95,10 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     ts->current = self;
     self->stepper = cur;
     Py_INCREF(self);
+    PyThreadState *tstate = PyThreadState_Get();
+    gbl_frame_link frames = gbl_unlink_frames(tstate);
     PyObject *ret = PyGreenlet_Switch(target, NULL, NULL);
+    gbl_relink_frames(tstate, frames);
     ts = gbl_tls;
     ts->current = prev;
     self->stepper = NULL;

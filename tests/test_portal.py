@@ -331,3 +331,77 @@ async def test_call_graph_while_parked_in_await_() -> None:
     assert [entry.future for entry in graph.awaited_by] == [waiting]
     gate.set()
     await waiting
+
+
+async def test_frames_seen_from_inside_and_after_a_step() -> None:
+    """Stack introspection works inside a portal step (the task's own frames)
+    and in the loop's greenlet around it (the loop's frames, linked back)."""
+    import traceback
+
+    import greenlet
+
+    def sync_layer() -> list[str]:
+        names = [f.name for f in traceback.extract_stack()]
+        # every frame of every thread, and the suspended loop greenlet's
+        for top in list(sys._current_frames().values()) + [greenlet.getcurrent().parent.gr_frame]:
+            f = top
+            while f is not None:
+                assert f.f_code.co_name
+                f = f.f_back
+        return names
+
+    async def body() -> list[str]:
+        await asyncio.sleep(0)
+        return sync_layer()
+
+    names = await asyncio.create_task(body())
+    assert names[-2:] == ["body", "sync_layer"]
+
+    seen: list[list[str]] = []
+
+    def callback() -> None:  # runs in the loop's greenlet, between steps
+        seen.append([f.name for f in traceback.extract_stack()])
+
+    for _ in range(3):
+        asyncio.get_running_loop().call_soon(callback)
+        await asyncio.create_task(body())
+    assert len(seen) == 3
+    assert all(s[-1] == "callback" for s in seen)
+    assert len({tuple(s) for s in seen}) == 1  # the same loop frames each time
+    here = [f.name for f in traceback.extract_stack()]
+    assert here[-1] == "test_frames_seen_from_inside_and_after_a_step"
+
+
+def test_tracing_sees_task_and_loop_frames(run: Any) -> None:
+    """sys.settrace keeps working across portal steps, in the tasks and the loop."""
+    calls: list[str] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_name in ("in_task", "in_loop"):
+            calls.append(frame.f_code.co_name)
+        return None
+
+    def in_task() -> int:
+        return greenback_loop.await_(asyncio.sleep(0, 1))  # type: ignore[no-any-return]
+
+    def in_loop() -> None:
+        pass
+
+    async def body() -> int:
+        return in_task()
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        total = 0
+        for _ in range(3):
+            loop.call_soon(in_loop)
+            total += await asyncio.create_task(body())
+        return total
+
+    old = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        assert run(main()) == 3
+    finally:
+        sys.settrace(old)
+    assert calls.count("in_task") == 3 and calls.count("in_loop") == 3
