@@ -97,42 +97,31 @@ gbl_swap_context(PyThreadState *tstate, PyObject *ctx)
  * step on asyncio) and, on 3.12+, walks the whole chain to make it
  * introspectable while suspended. portal_step unlinks the chain for the
  * length of the switch and links the very same pointer back when the switch
- * returns, before any Python code of this greenlet runs again; nothing reads
- * the loop's frames in between. The field is a pointer to an opaque struct
+ * returns, before any Python code of this greenlet runs again. In between,
+ * the loop greenlet shows no frames (its gr_frame is None), like a greenlet
+ * running no Python code. The field is a pointer to an opaque struct
  * in the public (non-limited) PyThreadState, under _PyCFrame before 3.13. */
+typedef struct _PyInterpreterFrame *gbl_frame_link;
+
 #if PY_VERSION_HEX >= 0x030D0000
-typedef struct _PyInterpreterFrame *gbl_frame_link;
-
-static inline gbl_frame_link
-gbl_unlink_frames(PyThreadState *tstate)
-{
-    gbl_frame_link top = tstate->current_frame;
-    tstate->current_frame = NULL;
-    return top;
-}
-
-static inline void
-gbl_relink_frames(PyThreadState *tstate, gbl_frame_link top)
-{
-    tstate->current_frame = top;
-}
+#define GBL_CURRENT_FRAME(tstate) ((tstate)->current_frame)
 #else
-typedef struct _PyInterpreterFrame *gbl_frame_link;
+#define GBL_CURRENT_FRAME(tstate) ((tstate)->cframe->current_frame)
+#endif
 
 static inline gbl_frame_link
 gbl_unlink_frames(PyThreadState *tstate)
 {
-    gbl_frame_link top = tstate->cframe->current_frame;
-    tstate->cframe->current_frame = NULL;
+    gbl_frame_link top = GBL_CURRENT_FRAME(tstate);
+    GBL_CURRENT_FRAME(tstate) = NULL;
     return top;
 }
 
 static inline void
 gbl_relink_frames(PyThreadState *tstate, gbl_frame_link top)
 {
-    tstate->cframe->current_frame = top;
+    GBL_CURRENT_FRAME(tstate) = top;
 }
-#endif
 
 /* Generators flagged by types.coroutine are awaitable as they are. */
 static inline int
