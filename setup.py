@@ -41,7 +41,7 @@ if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation()
     link_args: list[str] = []
     undef = []
     if flag("GREENBACK_LOOP_DEBUG_BUILD"):
-        compile_args += ["-O0", "-g3"]
+        compile_args += ["-O0", "-g3", "-DGBL_DEBUG_BUILD"]
         undef.append("NDEBUG")
     else:
         compile_args += ["-O2"]

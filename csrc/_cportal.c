@@ -10,6 +10,7 @@
 #include "await.c"
 #include "create_task.c"
 
+#ifdef GBL_DEBUG_BUILD
 static PyObject *
 gbl_debug_runners_created(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
@@ -69,6 +70,7 @@ gbl_debug_switch_roundtrip(PyObject *Py_UNUSED(module), PyObject *arg)
     }
     return PyFloat_FromDouble((double)(t1 - t0) / (double)n);
 }
+#endif /* GBL_DEBUG_BUILD */
 
 static PyMethodDef module_methods[] = {
     {"await_", gbl_await, METH_O, gbl_await_doc},
@@ -76,60 +78,76 @@ static PyMethodDef module_methods[] = {
      gbl_portal_create_task_doc},
     {"in_portal", gbl_in_portal, METH_NOARGS,
      "in_portal()\n--\n\nWhether await_() can suspend from the calling greenlet."},
+#ifdef GBL_DEBUG_BUILD
     {"_debug_runners_created", gbl_debug_runners_created, METH_NOARGS,
      "How many runner greenlets this process has created (for tests)."},
     {"_debug_switch_roundtrip", gbl_debug_switch_roundtrip, METH_O,
      "_debug_switch_roundtrip(n)\n--\n\n"
      "Nanoseconds per bare greenlet switch round trip made from C, over n\n"
      "round trips: the floor of a portal step's cost (for benchmarks)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
-static int
-module_traverse(PyObject *module, visitproc visit, void *arg)
-{
-    gbl_module_state *st = PyModule_GetState(module);
-    Py_VISIT(st->portal_type);
-    Py_VISIT(st->thread_state_type);
-    Py_VISIT(st->create_task_type);
-    Py_VISIT(st->runner_run);
-    Py_VISIT(st->thread_dict_key);
-    Py_VISIT(st->str_throw);
-    Py_VISIT(st->str_close);
-    Py_VISIT(st->coroutine_abc);
-    Py_VISIT(st->errors_module);
-    return 0;
-}
+/* -- calibration ------------------------------------------------------------ */
 
-static int
-module_clear(PyObject *module)
-{
-    gbl_module_state *st = PyModule_GetState(module);
-    Py_CLEAR(st->portal_type);
-    Py_CLEAR(st->thread_state_type);
-    Py_CLEAR(st->create_task_type);
-    Py_CLEAR(st->runner_run);
-    Py_CLEAR(st->thread_dict_key);
-    Py_CLEAR(st->str_throw);
-    Py_CLEAR(st->str_close);
-    Py_CLEAR(st->coroutine_abc);
-    Py_CLEAR(st->errors_module);
-    return 0;
-}
+static PyGreenlet *kill_probe_self = NULL; /* a tag, during the measurement */
 
-static void
-module_free(void *module)
+static PyObject *
+kill_probe_run(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    if (gbl_state == PyModule_GetState((PyObject *)module)) {
-        gbl_state = NULL; /* portals outliving the module fail cleanly */
+    PyGreenlet *me = PyGreenlet_GetCurrent();
+    if (me == NULL) {
+        return NULL;
     }
-    module_clear((PyObject *)module);
+    Py_DECREF(me);
+    kill_probe_self = me;
+    PyObject *parent = (PyObject *)PyGreenlet_GetParent(me);
+    if (parent == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)parent, NULL, NULL);
+    Py_DECREF(parent);
+    if (r == NULL && PyErr_ExceptionMatches(PyExc_GreenletExit)) {
+        gbl_st.killed_refs = Py_REFCNT(me); /* being killed: measure */
+    }
+    return r;
+}
+
+static PyMethodDef kill_probe_def = {"_kill_probe", kill_probe_run, METH_NOARGS, NULL};
+
+/* Measure the references greenlet holds to a greenlet it kills because
+ * its last reference went away: start a greenlet, drop it. */
+static int
+calibrate_kill(void)
+{
+    PyObject *run = PyCFunction_NewEx(&kill_probe_def, NULL, NULL);
+    if (run == NULL) {
+        return -1;
+    }
+    PyGreenlet *g = PyGreenlet_New(run, NULL);
+    Py_DECREF(run);
+    if (g == NULL) {
+        return -1;
+    }
+    PyObject *r = PyGreenlet_Switch(g, NULL, NULL);
+    Py_XDECREF(r);
+    gbl_st.killed_refs = 0;
+    Py_DECREF(g); /* kills it */
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (gbl_st.killed_refs <= 0) {
+        PyErr_SetString(PyExc_ImportError, "greenback_loop._cportal: calibration failed");
+        return -1;
+    }
+    return 0;
 }
 
 /* Measure the references an unshared idle runner has at the check in
  * portal_step: step a one-item iterator once through a fresh runner. */
 static int
-calibrate(gbl_module_state *st)
+calibrate(void)
 {
     PyObject *items = Py_BuildValue("[O]", Py_None);
     if (items == NULL) {
@@ -140,12 +158,12 @@ calibrate(gbl_module_state *st)
     if (probe == NULL) {
         return -1;
     }
-    PortalObject *portal = portal_alloc(st->portal_type, probe);
+    PortalObject *portal = portal_alloc(gbl_st.portal_type, probe);
     Py_DECREF(probe);
     if (portal == NULL) {
         return -1;
     }
-    st->runner_refs = 0;
+    gbl_st.runner_refs = 0;
     PyObject *result;
     PySendResult r = portal_step(portal, 0, Py_None, &result);
     Py_DECREF(portal);
@@ -160,15 +178,42 @@ calibrate(gbl_module_state *st)
     return 0;
 }
 
+/* The getter of coroutine.cr_await, found once: await_ asks it whether a
+ * coroutine already has an awaiter, as await does. */
+static int
+find_coro_await_getter(void)
+{
+    PyObject *descr = PyObject_GetAttrString((PyObject *)&PyCoro_Type, "cr_await");
+    if (descr == NULL) {
+        return -1;
+    }
+    int ok = PyObject_TypeCheck(descr, &PyGetSetDescr_Type) &&
+             ((PyGetSetDescrObject *)descr)->d_getset->get != NULL;
+    if (ok) {
+        /* the getset table is static in CPython: the pointer outlives descr */
+        gbl_st.coro_get_await = ((PyGetSetDescrObject *)descr)->d_getset->get;
+    }
+    Py_DECREF(descr);
+    if (!ok) {
+        PyErr_SetString(PyExc_ImportError,
+                        "greenback_loop._cportal: coroutine.cr_await is not a getset descriptor");
+        return -1;
+    }
+    return 0;
+}
+
+/* Set up gbl_st. Its references are kept for the life of the process:
+ * nothing that runs during interpreter shutdown (a portal's finalizer, a
+ * runner unwinding) can meet them cleared. */
 static int
 module_exec(PyObject *module)
 {
-    gbl_module_state *st = PyModule_GetState(module);
     if (gbl_state != NULL) {
         PyErr_SetString(PyExc_ImportError,
                         "greenback_loop._cportal cannot be loaded twice in one process");
         return -1;
     }
+    gbl_globals *st = &gbl_st;
 
     PyGreenlet_Import();
     if (_PyGreenlet_API == NULL) {
@@ -177,12 +222,17 @@ module_exec(PyObject *module)
         }
         return -1;
     }
+    if (find_coro_await_getter() < 0) {
+        return -1;
+    }
 
 #define INTERN(field, text)                                   \
     do {                                                      \
-        st->field = PyUnicode_InternFromString(text);         \
         if (st->field == NULL) {                              \
-            return -1;                                        \
+            st->field = PyUnicode_InternFromString(text);     \
+            if (st->field == NULL) {                          \
+                return -1;                                    \
+            }                                                 \
         }                                                     \
     } while (0)
     INTERN(str_throw, "throw");
@@ -190,36 +240,46 @@ module_exec(PyObject *module)
     INTERN(thread_dict_key, "greenback_loop._cportal.thread_state");
 #undef INTERN
 
-    st->portal_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &portal_spec, NULL);
     if (st->portal_type == NULL) {
-        return -1;
+        st->portal_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &portal_spec, NULL);
+        if (st->portal_type == NULL) {
+            return -1;
+        }
     }
-    st->thread_state_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &thread_state_spec, NULL);
     if (st->thread_state_type == NULL) {
-        return -1;
+        st->thread_state_type =
+            (PyTypeObject *)PyType_FromModuleAndSpec(module, &thread_state_spec, NULL);
+        if (st->thread_state_type == NULL) {
+            return -1;
+        }
     }
-    st->create_task_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &create_task_spec, NULL);
     if (st->create_task_type == NULL) {
-        return -1;
+        st->create_task_type =
+            (PyTypeObject *)PyType_FromModuleAndSpec(module, &create_task_spec, NULL);
+        if (st->create_task_type == NULL) {
+            return -1;
+        }
     }
-    st->runner_run = PyCFunction_NewEx(&runner_run_def, NULL, NULL);
     if (st->runner_run == NULL) {
-        return -1;
+        st->runner_run = PyCFunction_NewEx(&runner_run_def, NULL, NULL);
+        if (st->runner_run == NULL) {
+            return -1;
+        }
     }
     if (PyModule_AddType(module, st->portal_type) < 0) {
         return -1;
     }
 
-    PyObject *abc = PyImport_ImportModule("collections.abc");
-    if (abc == NULL) {
-        return -1;
-    }
-    st->coroutine_abc = PyObject_GetAttrString(abc, "Coroutine");
-    Py_DECREF(abc);
     if (st->coroutine_abc == NULL) {
-        return -1;
+        PyObject *abc = PyImport_ImportModule("collections.abc");
+        if (abc == NULL) {
+            return -1;
+        }
+        st->coroutine_abc = PyObject_GetAttrString(abc, "Coroutine");
+        Py_DECREF(abc);
+        if (st->coroutine_abc == NULL) {
+            return -1;
+        }
     }
     PyObject *reg = PyObject_CallMethod(st->coroutine_abc, "register", "O", st->portal_type);
     if (reg == NULL) {
@@ -228,7 +288,7 @@ module_exec(PyObject *module)
     Py_DECREF(reg);
 
     gbl_state = st;
-    if (calibrate(st) < 0) {
+    if (calibrate_kill() < 0 || calibrate() < 0) {
         gbl_state = NULL;
         return -1;
     }
@@ -247,12 +307,9 @@ static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "greenback_loop._cportal",
     .m_doc = "greenback_loop's C core: the portal, the runner pool and await_().",
-    .m_size = sizeof(gbl_module_state),
+    .m_size = 0,
     .m_methods = module_methods,
     .m_slots = module_slots,
-    .m_traverse = module_traverse,
-    .m_clear = module_clear,
-    .m_free = module_free,
 };
 
 PyMODINIT_FUNC

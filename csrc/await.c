@@ -6,11 +6,7 @@
 static PyObject *
 gbl_outside_portal(PyObject *aw, int nested)
 {
-    gbl_module_state *st = gbl_state;
-    if (st == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core has been unloaded");
-        return NULL;
-    }
+    gbl_globals *st = &gbl_st;
     if (st->errors_module == NULL) {
         st->errors_module = PyImport_ImportModule("greenback_loop._errors");
         if (st->errors_module == NULL) {
@@ -48,7 +44,20 @@ gbl_descends_from(PyGreenlet *g, PyGreenlet *runner)
 static PyObject *
 gbl_awaitable_iter(PyObject *aw)
 {
-    if (PyCoro_CheckExact(aw) || gbl_is_iterable_coroutine(aw)) {
+    if (PyCoro_CheckExact(aw)) {
+        /* as await: a coroutine suspended in an await has an awaiter */
+        PyObject *yf = gbl_st.coro_get_await(aw, NULL);
+        if (yf == NULL) {
+            return NULL;
+        }
+        Py_DECREF(yf);
+        if (yf != Py_None) {
+            PyErr_SetString(PyExc_RuntimeError, "coroutine is being awaited already");
+            return NULL;
+        }
+        return Py_NewRef(aw);
+    }
+    if (gbl_is_iterable_coroutine(aw)) {
         return Py_NewRef(aw);
     }
     PyAsyncMethods *am = Py_TYPE(aw)->tp_as_async;
@@ -79,7 +88,7 @@ gbl_awaitable_iter(PyObject *aw)
 static PyObject *
 gbl_throw_into(PyObject *it, PyObject *exc)
 {
-    gbl_module_state *st = gbl_state;
+    gbl_globals *st = &gbl_st;
     PyObject *meth;
     if (PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
         if (gbl_get_optional_attr(it, st->str_close, &meth) < 0) {
@@ -108,6 +117,45 @@ gbl_throw_into(PyObject *it, PyObject *exc)
     return r;
 }
 
+/* Whether a coroutine is being closed around this call: the exception
+ * being handled, or one in its __context__ chain, is a GeneratorExit.
+ * await_ then cannot suspend, as await in a closing coroutine cannot: the
+ * code runs in a finalizer or close(), maybe inside another task's step,
+ * and suspending would suspend that task where it never awaited. */
+static int
+gbl_closing_in_progress(void)
+{
+    PyObject *exc = PyErr_GetHandledException();
+    for (int depth = 0; exc != NULL && exc != Py_None && depth < 100; depth++) {
+        if (PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
+            Py_DECREF(exc);
+            return 1;
+        }
+        Py_SETREF(exc, PyException_GetContext(exc));
+    }
+    Py_XDECREF(exc);
+    return 0;
+}
+
+/* Give exc, about to be thrown into a parked await_, the exception being
+ * handled there as its __context__, as a coroutine thrown into does. */
+static PyObject *
+gbl_chain_handled(PyObject *exc)
+{
+    PyObject *handled = PyErr_GetHandledException();
+    if (handled == NULL) {
+        return exc;
+    }
+    int chain = handled != Py_None && handled != exc;
+    Py_DECREF(handled);
+    if (!chain) {
+        return exc;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); /* chains, avoiding cycles */
+    Py_DECREF(exc);
+    return gbl_fetch_exception();
+}
+
 PyDoc_STRVAR(gbl_await_doc,
              "await_(aw)\n--\n\n"
              "Await *aw* from synchronous code running inside a portal.\n\n"
@@ -116,41 +164,102 @@ PyDoc_STRVAR(gbl_await_doc,
              "every task of a greenback_loop event loop has.\n\n"
              "Raises:\n"
              "    RuntimeError: there is no portal to suspend: no running event loop in\n"
-             "        this thread, no current task, or a task without a portal.\n"
+             "        this thread, no current task, or a task without a portal; or a\n"
+             "        coroutine is being closed around the call and *aw* must suspend.\n"
              "    TypeError: *aw* is not awaitable.\n");
+
+#define GBL_CLOSING_MESSAGE                                                                  \
+    "greenback_loop.await_() cannot suspend while a coroutine is being closed "              \
+    "(GeneratorExit is being handled): like await in a closing coroutine, it would suspend " \
+    "whatever step the close runs in"
+
+/* Park the greenlet `me` in portal p's step: hand the step the value the
+ * awaitable yielded (the reference is stolen) and wait to be resumed. The
+ * reference to p is stolen too: the parked stack keeps nothing of the task.
+ * Returns the portal whose step resumes `me` (owned) with its job in
+ * *pthrow and *parg (owned), or NULL with *parg the exception to throw
+ * into the awaitable when no step can take this greenlet any more. */
+static PortalObject *
+gbl_park(PortalObject *p, PyGreenlet *me, PyObject *aw, PyObject *value, int *pthrow,
+         PyObject **parg)
+{
+    PyObject *args = PyTuple_Pack(1, (PyObject *)p);
+    if (args == NULL) {
+        Py_DECREF(value);
+        Py_DECREF(p);
+        Py_DECREF(me);
+        *pthrow = 1;
+        *parg = gbl_fetch_exception();
+        return NULL;
+    }
+    p->msg_kind = GBL_MSG_SUSPEND;
+    p->msg_value = value;
+    p->msg_resume = me; /* the portal owns the parked greenlet */
+    p->msg_awaiting = Py_NewRef(aw);
+    Py_XSETREF(p->msg_args, args);
+    PyGreenlet *stepper = p->stepper; /* suspended in portal_step, which holds p */
+    Py_DECREF(p);
+    PyObject *ret = PyGreenlet_Switch(stepper, args, NULL);
+    for (;;) {
+        ThreadStateObject *ts = gbl_tls;
+        if (gbl_is_job_for(ret, me)) {
+            p = (PortalObject *)ret;
+            *pthrow = p->job_throw;
+            *parg = p->job_arg;
+            p->job_arg = NULL;
+            return p;
+        }
+        if (ret == NULL && (p = gbl_step_entering(ts, me)) != NULL) {
+            /* the step's switch raised (a settrace callback): throw that */
+            Py_INCREF(p);
+            Py_CLEAR(p->job_arg);
+            *pthrow = 1;
+            *parg = gbl_fetch_exception();
+            return p;
+        }
+        if (ts == NULL || (ret == NULL && gbl_is_being_killed(me))) {
+            /* killed (or the thread is exiting): unwind */
+            if (ret != NULL) {
+                Py_DECREF(ret);
+                PyErr_SetString(PyExc_GreenletExit, "greenback_loop: the thread is exiting");
+            }
+            *pthrow = 1;
+            *parg = gbl_fetch_exception();
+            return NULL;
+        }
+        ret = gbl_bounce(ts, me, ret);
+    }
+}
 
 static PyObject *
 gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
 {
     ThreadStateObject *ts = gbl_tls;
-    PortalObject *portal = ts != NULL ? ts->current : NULL;
-    if (portal == NULL) {
+    PortalObject *p = ts != NULL ? ts->current : NULL;
+    if (p == NULL) {
         return gbl_outside_portal(aw, 0);
     }
-    PortalObject *mine = portal; /* a tag: compared, never dereferenced after a switch */
-    PyGreenlet *cur = PyGreenlet_GetCurrent();
-    if (cur == NULL) {
+    PyGreenlet *me = PyGreenlet_GetCurrent();
+    if (me == NULL) {
         return NULL;
     }
-    if (cur != portal->runner) {
-        int found = gbl_descends_from(cur, portal->runner);
+    if (me != p->runner) {
+        int found = gbl_descends_from(me, p->runner);
         if (found <= 0) {
-            Py_DECREF(cur);
+            Py_DECREF(me);
             return found < 0 ? NULL : gbl_outside_portal(aw, 1);
         }
     }
-    portal = NULL;
-    /* `cur` (owned) is this greenlet, saved for a second lookup: the first
-     * suspension hands it over as the greenlet to resume, and later ones,
-     * after a resume, look it up again. So this frame holds no reference
-     * to its greenlet while parked, where the garbage collector could not
-     * see it. */
-
+    /* `me` (owned) is handed to the portal at the first suspension; later
+     * ones look this greenlet up again, so this frame holds no reference
+     * to its own greenlet while parked. The portal is held only while this
+     * greenlet runs in one of its steps. */
     PyObject *it = gbl_awaitable_iter(aw);
     if (it == NULL) {
-        Py_DECREF(cur);
+        Py_DECREF(me);
         return NULL;
     }
+    p = NULL;
     int throw = 0;
     PyObject *arg = Py_NewRef(Py_None);
     for (;;) {
@@ -160,7 +269,8 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             Py_DECREF(arg);
             if (value == NULL) {
                 Py_DECREF(it);
-                Py_XDECREF(cur);
+                Py_XDECREF(me);
+                Py_XDECREF(p);
                 if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
                     return gbl_fetch_stop_iteration_value();
                 }
@@ -172,59 +282,48 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             Py_DECREF(arg);
             if (r != PYGEN_NEXT) {
                 Py_DECREF(it);
-                Py_XDECREF(cur);
+                Py_XDECREF(me);
+                Py_XDECREF(p);
                 return value; /* the result, or NULL with the exception */
             }
         }
-        /* aw waits: hand the yielded value to the greenlet doing the step. */
+        /* aw waits: suspend the step this greenlet runs in. */
         ts = gbl_tls;
-        if (ts->current != mine) {
-            /* We run outside our portal's step (a foreign switch resumed
-             * us): there is no step to suspend; tell aw, and the caller. */
-            Py_DECREF(value);
-            gbl_set_foreign_switch_error();
-            throw = 1;
-            arg = gbl_fetch_exception();
-            continue;
+        if (p == NULL) {
+            p = (PortalObject *)Py_XNewRef(ts->current);
         }
-        PyGreenlet *me = cur != NULL ? cur : PyGreenlet_GetCurrent();
-        cur = NULL;
         if (me == NULL) {
+            me = PyGreenlet_GetCurrent();
+            if (me == NULL) {
+                Py_DECREF(value);
+                Py_DECREF(it);
+                Py_XDECREF(p);
+                return NULL;
+            }
+        }
+        if (p == NULL || p != ts->current || p->stepper == NULL || gbl_closing_in_progress()) {
+            /* No step of ours to suspend (killed while parked, or resumed
+             * from outside), or a close is in progress: close aw. */
+            int closing = p != NULL && p == ts->current && p->stepper != NULL;
             Py_DECREF(value);
+            Py_CLEAR(p);
+            PyErr_SetString(PyExc_RuntimeError,
+                            closing ? GBL_CLOSING_MESSAGE : GBL_FOREIGN_SWITCH_MESSAGE);
+            PyObject *err = gbl_fetch_exception();
+            PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
+            PyObject *r = exit != NULL ? gbl_throw_into(it, exit) : NULL;
+            Py_XDECREF(exit);
+            Py_XDECREF(r);
+            PyErr_Clear();
             Py_DECREF(it);
+            Py_DECREF(me);
+            gbl_restore_exception(err);
             return NULL;
         }
-        ts->msg_kind = GBL_MSG_SUSPEND;
-        ts->msg_value = value;
-        ts->msg_resume = me;
-        ts->msg_awaiting = Py_NewRef(aw);
-        ts->msg_portal = mine;
-        /* Borrowed: portal_step holds the stepping greenlet until it is
-         * resumed; holding it here would keep it while parked. */
-        PyObject *ret = PyGreenlet_Switch(mine->stepper, NULL, NULL);
-        ts = gbl_tls;
-        if (ret == NULL) {
-            /* killed (GreenletExit), thrown into with greenlet.throw, or the
-             * switch failed before it happened */
-            if (ts->msg_kind == GBL_MSG_SUSPEND && ts->msg_resume == me) {
-                thread_state_clear_msg(ts);
-            }
-            throw = 1;
-            arg = gbl_fetch_exception();
-        }
-        else if (ts->current != mine || ts->job_arg == NULL) {
-            /* woken by a foreign switch, not by our portal's step */
-            Py_DECREF(ret);
-            gbl_set_foreign_switch_error();
-            throw = 1;
-            arg = gbl_fetch_exception();
-        }
-        else {
-            Py_DECREF(ret);
-            throw = ts->job_throw;
-            arg = ts->job_arg;
-            ts->job_arg = NULL;
-            ts->job_portal = NULL;
+        p = gbl_park(p, me, aw, value, &throw, &arg);
+        me = NULL;
+        if (throw) {
+            arg = gbl_chain_handled(arg);
         }
     }
 }
@@ -234,7 +333,7 @@ gbl_in_portal(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     ThreadStateObject *ts = gbl_tls;
     PortalObject *portal = ts != NULL ? ts->current : NULL;
-    if (portal == NULL || portal->runner == NULL) {
+    if (portal == NULL || portal->runner == NULL || portal->stepper == NULL) {
         Py_RETURN_FALSE;
     }
     PyGreenlet *cur = PyGreenlet_GetCurrent();

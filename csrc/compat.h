@@ -9,6 +9,11 @@
 #error "greenback_loop needs CPython 3.11 or newer"
 #endif
 
+#ifdef Py_GIL_DISABLED
+#error "greenback_loop's C core does not support free-threaded CPython builds yet; \
+install with GREENBACK_LOOP_NO_EXTENSIONS=1 to use the pure-Python core"
+#endif
+
 /* Coroutines have cr_state ("CORO_CREATED", ...) from 3.15 on. */
 #define GBL_HAS_CR_STATE (PY_VERSION_HEX >= 0x030F0000)
 
@@ -121,6 +126,23 @@ static inline void
 gbl_relink_frames(PyThreadState *tstate, gbl_frame_link top)
 {
     GBL_CURRENT_FRAME(tstate) = top;
+}
+
+/* Give the running greenlet a Python recursion depth of zero. A new runner
+ * greenlet starts with the depth of wherever it was first switched into
+ * (maybe deep inside another task's step), and greenlet keeps each
+ * greenlet's depth across switches: reset once, at the runner's start,
+ * every task later stepped on it gets the whole recursion limit. The C
+ * recursion budget (3.12 and 3.13) is left alone: it guards the real C
+ * stack, which the runner shares with whoever started it. */
+static inline void
+gbl_reset_recursion_depth(PyThreadState *tstate)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    tstate->py_recursion_remaining = tstate->py_recursion_limit;
+#else
+    tstate->recursion_remaining = tstate->recursion_limit;
+#endif
 }
 
 /* Generators flagged by types.coroutine are awaitable as they are. */

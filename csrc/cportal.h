@@ -15,15 +15,19 @@
 /* Idle runners kept per thread; more are made on demand. */
 #define GBL_POOL_MAX 64
 
-/* Message kinds left for the stepping greenlet (mirror _portal_py). */
+/* What a step's message says (mirror _portal_py). */
 enum gbl_msg_kind {
     GBL_MSG_NONE = 0,
-    GBL_MSG_YIELD,   /* value: the coroutine yielded it; the step ended */
-    GBL_MSG_RETURN,  /* value: the coroutine returned it */
-    GBL_MSG_RAISE,   /* value: the exception the coroutine raised */
-    GBL_MSG_SUSPEND, /* value yielded by await_; resume, awaiting set */
+    GBL_MSG_YIELD,   /* msg_value: the coroutine yielded it; the step ended */
+    GBL_MSG_RETURN,  /* msg_value: the coroutine returned it */
+    GBL_MSG_RAISE,   /* msg_value: the exception the coroutine raised */
+    GBL_MSG_SUSPEND, /* msg_value: what await_'s awaitable yielded; msg_resume
+                        is the greenlet parked in await_ */
 };
 
+/* The process-wide state: one instance, set up by module_exec and never
+ * torn down (the module refuses subinterpreters and a second load), so no
+ * path can meet it half-cleared during interpreter shutdown. */
 typedef struct {
     PyTypeObject *portal_type;
     PyTypeObject *thread_state_type;
@@ -32,41 +36,51 @@ typedef struct {
     PyObject *thread_dict_key; /* key of the ThreadState in thread dicts */
     PyObject *str_throw;
     PyObject *str_close;
-    PyObject *coroutine_abc;   /* collections.abc.Coroutine */
-    PyObject *errors_module;   /* greenback_loop._errors, imported on first use */
-    Py_ssize_t runner_refs; /* refcount of an unshared runner at the check */
-} gbl_module_state;
+    PyObject *coroutine_abc; /* collections.abc.Coroutine */
+    PyObject *errors_module; /* greenback_loop._errors, imported on first use */
+    getter coro_get_await;   /* the C getter of coroutine.cr_await */
+    Py_ssize_t runner_refs;  /* refcount of an unshared runner at the check */
+    Py_ssize_t killed_refs;  /* refcount of a greenlet greenlet is killing */
+} gbl_globals;
 
+/* A portal. A step hands its job to the greenlet it switches into, and that
+ * greenlet hands its message back, through fields of the portal itself; the
+ * switch in each direction carries the portal as its only argument, and the
+ * receiver checks it before reading anything. greenlet moves switch
+ * arguments into the target greenlet before any Python code (a settrace
+ * callback, a dead greenlet's deletion, the collector) can run, so a step of
+ * another portal inside that window can neither see nor overwrite this
+ * step's job or message. */
 typedef struct {
     PyObject_HEAD
-    PyObject *coro;       /* the real coroutine */
-    PyGreenlet *runner;   /* while stepping, parked or pinned */
-    PyGreenlet *resume;   /* the greenlet parked in await_ */
-    PyObject *awaiting;   /* what await_ drives while parked */
-    PyGreenlet *stepper;  /* borrowed: the greenlet doing the step, during it;
-                             non-NULL exactly while the portal is stepping */
+    PyObject *coro;      /* the real coroutine */
+    PyGreenlet *runner;  /* while stepping, parked, or pinned by outside refs */
+    PyGreenlet *resume;  /* the greenlet parked in await_, between steps */
+    PyObject *awaiting;  /* what await_ drives while parked */
+    /* The step in progress; stepper is non-NULL exactly while stepping. */
+    PyGreenlet *stepper; /* borrowed: the greenlet doing the step */
+    PyGreenlet *target;  /* borrowed, a tag: the greenlet the step entered */
+    PyObject *job_arg;   /* what to send or throw, until the target takes it */
+    PyObject *job_context; /* a fresh step's context, until the runner takes it */
+    int job_throw;
+    int msg_kind;
+    PyObject *msg_value;
+    PyGreenlet *msg_resume;
+    PyObject *msg_awaiting;
+    /* The switch arguments carrying the message: owned here, not by the
+     * sender's frame, which stays suspended (maybe for good) after it. */
+    PyObject *msg_args;
     PyObject *weakreflist;
 } PortalObject;
 
 typedef struct {
     PyObject_HEAD
-    PortalObject *current; /* borrowed: the portal stepping in this thread */
-    PyGreenlet *hub;       /* this thread's main greenlet */
-    /* job for the runner or parked greenlet being switched to */
-    PyObject *job_coro;
-    PyObject *job_arg;
-    PyObject *job_context; /* the context to run the step in */
-    PortalObject *job_portal; /* tag, never dereferenced: whose job */
-    int job_throw;
-    /* message for the stepping greenlet */
-    int msg_kind;
-    PyObject *msg_value;
-    PyGreenlet *msg_resume;
-    PyObject *msg_awaiting;
-    PortalObject *msg_portal; /* tag, never dereferenced: whose message */
+    /* borrowed: the innermost portal stepping in this thread; steps nest
+       and unnest like calls, so it is always a portal whose step holds it */
+    PortalObject *current;
+    PyGreenlet *hub; /* this thread's main greenlet: every runner's parent */
     int npool;
     PyGreenlet *pool[GBL_POOL_MAX];
-    unsigned long owner_thread;
 } ThreadStateObject;
 
 #endif /* GBL_CPORTAL_H */

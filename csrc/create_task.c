@@ -34,7 +34,7 @@ create_task_vectorcall(CreateTaskObject *self, PyObject *const *args, size_t nar
     }
     PyObject *wrapped;
     if (PyCoro_CheckExact(args[at])) {
-        wrapped = (PyObject *)portal_alloc(gbl_state->portal_type, args[at]);
+        wrapped = (PyObject *)portal_alloc(gbl_st.portal_type, args[at]);
     }
     else {
         wrapped = PyObject_CallOneArg(self->wrap, args[at]);
@@ -151,14 +151,13 @@ PyDoc_STRVAR(gbl_portal_create_task_doc,
              "base(loop, portal, ...) with the other arguments untouched.");
 
 static PyObject *
-gbl_portal_create_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+gbl_portal_create_task(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "portal_create_task(base, wrap) takes two callables");
         return NULL;
     }
-    gbl_module_state *st = PyModule_GetState(module);
-    CreateTaskObject *self = PyObject_GC_New(CreateTaskObject, st->create_task_type);
+    CreateTaskObject *self = PyObject_GC_New(CreateTaskObject, gbl_st.create_task_type);
     if (self == NULL) {
         return NULL;
     }

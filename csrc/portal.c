@@ -1,22 +1,6 @@
 /* The Portal type: a coroutine wrapper whose steps run in runner greenlets.
  * Mirrors Portal in _portal_py.py: same behaviour, names and messages. */
 
-static int
-greenlet_is_dead(PyGreenlet *g)
-{
-    return PyGreenlet_STARTED(g) && !PyGreenlet_ACTIVE(g);
-}
-
-/* Between steps every runner's parent is its thread's hub (the main
- * greenlet), so a step only reparents when it runs in some other greenlet
- * (an eager task's first step inside another task's step, a loop run inside
- * a greenlet). The parent matters only if the runner ends: control goes there. */
-static inline int
-runner_reparent(PyGreenlet *runner, PyGreenlet *parent, PyGreenlet *hub)
-{
-    return parent == hub ? 0 : PyGreenlet_SetParent(runner, parent);
-}
-
 /* Raise StopIteration(value), with value kept as one object even when it is
  * a tuple or an exception. */
 static void
@@ -33,14 +17,151 @@ gbl_set_stop_iteration(PyObject *value)
     }
 }
 
+/* Switch (args != NULL) or throw `exc` (args == NULL) into `to`, with the
+ * calling greenlet's frame chain unlinked for the length of the switch:
+ * greenlet would otherwise make a frame object for the loop's top frame
+ * (new at every step on asyncio) and, on 3.12+, walk the whole chain. The
+ * same pointer is linked back before any Python code of this greenlet runs
+ * again; in between, this greenlet's gr_frame reads None. */
+static inline PyObject *
+step_switch(PyThreadState *tstate, PyGreenlet *to, PyObject *args, PyObject *exc)
+{
+    gbl_frame_link frames = gbl_unlink_frames(tstate);
+    PyObject *ret = args != NULL ? PyGreenlet_Switch(to, args, NULL)
+                                 : PyGreenlet_Throw(to, (PyObject *)Py_TYPE(exc), exc, NULL);
+    gbl_relink_frames(tstate, frames);
+    return ret;
+}
+
+/* The switch arguments that hand the step's job to `target`: the portal
+ * itself, or for a runner's very first switch a list holding it. */
+static PyObject *
+step_args(PortalObject *self, int new_runner)
+{
+    if (!new_runner) {
+        return PyTuple_Pack(1, (PyObject *)self);
+    }
+    PyObject *box = PyList_New(1);
+    if (box == NULL) {
+        return NULL;
+    }
+    PyList_SET_ITEM(box, 0, Py_NewRef(self));
+    PyObject *args = PyTuple_Pack(1, box);
+    Py_DECREF(box);
+    return args;
+}
+
+/* While the step runs, wait for its message. Anything else that switches
+ * or throws into the stepping greenlet came from inside the step (only the
+ * step's greenlets run meanwhile) and is refused: the caller, most likely
+ * the greenlet the step entered, gets a RuntimeError. If the stepping
+ * greenlet itself is being killed (its last reference dropped mid-step),
+ * the step's greenlet is unwound with GreenletExit, as the task's frames
+ * would be without a portal. Returns what finally came (NULL: an
+ * exception), with the message, if any, in the portal's fields. */
+static PyObject *
+step_wait(PortalObject *self, PyThreadState *tstate, PyGreenlet *cur, PyObject *ret)
+{
+    while (self->msg_kind == GBL_MSG_NONE) {
+        if (ret == NULL && self->job_arg != NULL) {
+            return NULL; /* nothing was entered: the switch itself failed */
+        }
+        PyGreenlet *to = self->target;
+        if (to == NULL || greenlet_is_dead(to)) {
+            to = self->runner;
+        }
+        if (to == NULL || to == cur || greenlet_is_dead(to)) {
+            return ret; /* the runner ended */
+        }
+        if (ret == NULL && gbl_is_being_killed(cur)) {
+            PyObject *exc = gbl_fetch_exception();
+            ret = step_switch(tstate, to, NULL, exc);
+            Py_DECREF(exc);
+            continue;
+        }
+        if (ret == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            Py_DECREF(ret);
+        }
+        PyErr_SetString(PyExc_RuntimeError, GBL_FOREIGN_SWITCH_MESSAGE);
+        PyObject *exc = gbl_fetch_exception();
+        ret = step_switch(tstate, to, NULL, exc);
+        Py_DECREF(exc);
+    }
+    return ret;
+}
+
+/* After a step that brought no message: the exception to raise. */
+static void
+step_failed(PortalObject *self, PyObject *ret, int resuming, PyGreenlet *target,
+            PyObject *awaiting)
+{
+    if (ret == NULL && self->job_arg != NULL) {
+        /* Nothing ran: put the parked greenlet back. */
+        if (resuming) {
+            self->resume = (PyGreenlet *)Py_NewRef(target);
+            self->awaiting = Py_XNewRef(awaiting);
+        }
+        if (PyErr_ExceptionMatches(PyExc_GreenletError)) {
+            PyObject *cause = gbl_fetch_exception();
+            PyErr_SetString(PyExc_RuntimeError,
+                            "a task's portal can only be stepped in the thread whose "
+                            "event loop runs the task");
+            PyObject *exc = gbl_fetch_exception();
+            PyException_SetCause(exc, cause);
+            PyException_SetContext(exc, Py_NewRef(cause));
+            gbl_restore_exception(exc);
+        }
+        return;
+    }
+    /* The runner ended: the coroutine is lost with it. */
+    if (self->runner != NULL && greenlet_is_dead(self->runner)) {
+        Py_CLEAR(self->runner);
+    }
+    if (ret == NULL) {
+        return;
+    }
+    if (PyExceptionInstance_Check(ret)) {
+        gbl_restore_exception(Py_NewRef(ret));
+    }
+    else {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "greenback_loop: the task's step was left by an unexpected "
+                        "greenlet switch; the task cannot continue");
+    }
+    Py_DECREF(ret);
+}
+
+/* After a step that ended (the coroutine yielded, returned or raised): give
+ * the runner back to the pool unless something outside the portal still
+ * refers to it (a greenlet that sync code started with the runner as its
+ * parent, say); a pinned runner stays with the portal, so that greenlet's
+ * parent chain stays valid, until the coroutine finishes. */
+static void
+step_release_runner(PortalObject *self, ThreadStateObject *ts, int finished)
+{
+    PyGreenlet *runner = self->runner;
+    if (gbl_st.runner_refs == 0) {
+        gbl_st.runner_refs = Py_REFCNT(runner); /* calibration, at import */
+    }
+    if (Py_REFCNT(runner) <= gbl_st.runner_refs) {
+        self->runner = NULL;
+        runner_give_back(ts, runner);
+    }
+    else if (finished) {
+        Py_CLEAR(self->runner);
+    }
+}
+
 /* One step: send arg into the coroutine, or throw it in. */
 static PySendResult
 portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
 {
-    gbl_module_state *st = gbl_state;
     *presult = NULL;
-    if (st == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core has been unloaded");
+    if (gbl_state == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core is not initialized");
         return PYGEN_ERROR;
     }
     if (self->stepper != NULL) {
@@ -51,36 +172,58 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     if (ts == NULL) {
         return PYGEN_ERROR;
     }
-    PyGreenlet *runner = self->runner; /* borrowed from self */
-    PyGreenlet *target;                /* owned */
-    PyObject *awaiting = NULL;         /* owned, while resuming */
+    PyGreenlet *cur = PyGreenlet_GetCurrent();
+    if (cur == NULL) {
+        return PYGEN_ERROR;
+    }
+    /* Borrowed from here: a running greenlet is alive, and no reference to
+     * it stays on its own stack while suspended, so dropping a greenlet
+     * that hosts a loop mid-step kills and unwinds it as without portals. */
+    Py_DECREF(cur);
+    PyThreadState *tstate = PyThreadState_Get();
+
+    PyGreenlet *target;        /* owned */
+    PyObject *awaiting = NULL; /* owned, while resuming */
+    PyObject *args;
     int resuming = self->resume != NULL;
     if (resuming) {
         target = self->resume;
         awaiting = self->awaiting;
         self->resume = NULL;
         self->awaiting = NULL;
+        if (greenlet_is_dead(target)) {
+            Py_DECREF(target);
+            Py_XDECREF(awaiting);
+            Py_CLEAR(self->runner);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "greenback_loop: the greenlet this task was parked in await_() in "
+                            "was killed from outside (greenlet.throw()?); the task cannot "
+                            "continue");
+            return PYGEN_ERROR;
+        }
+        args = step_args(self, 0);
     }
     else {
-        if (runner == NULL) {
-            runner = runner_take(ts);
-            if (runner == NULL) {
-                return PYGEN_ERROR;
-            }
-            self->runner = runner;
+        int new_runner = 0;
+        if (self->runner != NULL && greenlet_is_dead(self->runner)) {
+            Py_CLEAR(self->runner);
         }
-        target = (PyGreenlet *)Py_NewRef(runner);
-        ts->job_coro = Py_NewRef(self->coro);
-        ts->job_context = Py_XNewRef(gbl_current_context(PyThreadState_Get()));
+        if (self->runner == NULL) {
+            self->runner = runner_from_pool(ts);
+            if (self->runner == NULL) {
+                self->runner = runner_new(ts);
+                if (self->runner == NULL) {
+                    return PYGEN_ERROR;
+                }
+                new_runner = 1;
+            }
+        }
+        target = (PyGreenlet *)Py_NewRef(self->runner);
+        args = step_args(self, new_runner);
+        self->job_context = Py_XNewRef(gbl_current_context(tstate));
     }
-    ts->job_throw = throw;
-    ts->job_arg = Py_NewRef(arg);
-    ts->job_portal = self;
-
-    PyGreenlet *cur = PyGreenlet_GetCurrent();
-    if (cur == NULL || runner_reparent(runner, cur, ts->hub) < 0) {
-        Py_XDECREF(cur);
-        thread_state_clear_job(ts);
+    if (args == NULL) {
+        Py_CLEAR(self->job_context);
         if (resuming) {
             self->resume = target;
             self->awaiting = awaiting;
@@ -90,118 +233,69 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
         }
         return PYGEN_ERROR;
     }
-
+    self->job_arg = Py_NewRef(arg);
+    self->job_throw = throw;
+    self->target = target;
+    self->stepper = cur;
     PortalObject *prev = ts->current;
     ts->current = self;
-    self->stepper = cur;
     Py_INCREF(self);
-    PyThreadState *tstate = PyThreadState_Get();
-    gbl_frame_link frames = gbl_unlink_frames(tstate);
-    PyObject *ret = PyGreenlet_Switch(target, NULL, NULL);
-    gbl_relink_frames(tstate, frames);
+
+    PyObject *ret = step_switch(tstate, target, args, NULL);
+    Py_DECREF(args);
+    ret = step_wait(self, tstate, cur, ret);
+
+    Py_CLEAR(self->msg_args);
     ts = gbl_tls;
     ts->current = prev;
     self->stepper = NULL;
-    if (cur != ts->hub && !greenlet_is_dead(runner) &&
-        PyGreenlet_SetParent(runner, ts->hub) < 0)
-    {
-        PyErr_WriteUnraisable((PyObject *)self);
-    }
-    Py_DECREF(cur);
+    self->target = NULL;
+    int kind = self->msg_kind;
+    PyObject *value = self->msg_value; /* owned from here */
+    self->msg_kind = GBL_MSG_NONE;
+    self->msg_value = NULL;
 
-    if (ret == NULL) {
-        thread_state_clear_job(ts);
-        thread_state_clear_msg(ts);
-        if (greenlet_is_dead(runner)) {
-            Py_CLEAR(self->runner);
-        }
-        else if (resuming && self->resume == NULL && PyErr_ExceptionMatches(PyExc_GreenletError)) {
-            /* Nothing ran: the parked greenlet belongs to another thread. */
-            self->resume = target;
-            self->awaiting = awaiting;
-            target = NULL;
-            awaiting = NULL;
-            PyObject *cause = gbl_fetch_exception();
-            PyErr_SetString(PyExc_RuntimeError,
-                            "a task's portal can only be stepped in the thread whose "
-                            "event loop runs the task");
-            PyObject *exc = gbl_fetch_exception();
-            PyException_SetCause(exc, cause);
-            PyException_SetContext(exc, Py_NewRef(cause));
-            gbl_restore_exception(exc);
-        }
-        Py_XDECREF(target);
+    if (kind == GBL_MSG_NONE) {
+        step_failed(self, ret, resuming, target, awaiting);
+        Py_CLEAR(self->job_arg);
+        Py_CLEAR(self->job_context);
+        Py_DECREF(target);
         Py_XDECREF(awaiting);
         Py_DECREF(self);
         return PYGEN_ERROR;
     }
+    /* A message came; if the switch back raised anyway (a settrace
+     * callback), the step's state is kept but that error is raised. */
+    PyObject *switch_error = ret == NULL ? gbl_fetch_exception() : NULL;
+    Py_XDECREF(ret);
     Py_DECREF(target);
     Py_XDECREF(awaiting);
 
-    if (ts->msg_kind != GBL_MSG_NONE && ts->msg_portal != self) {
-        /* A message for another portal: a foreign switch brought it here. */
-        thread_state_clear_msg(ts);
-    }
-    thread_state_clear_job(ts); /* a job nobody took (foreign switch) */
-    int kind = ts->msg_kind;
-    PyObject *value = ts->msg_value; /* owned from here */
-    ts->msg_kind = GBL_MSG_NONE;
-    ts->msg_value = NULL;
-    ts->msg_portal = NULL;
-
-    if (kind == GBL_MSG_NONE) {
-        /* No message: the runner ended (the coroutine raised GreenletExit,
-         * which ends a greenlet and comes back as its result), or a foreign
-         * greenlet switched here. */
-        if (greenlet_is_dead(runner)) {
-            Py_CLEAR(self->runner);
-            if (PyExceptionInstance_Check(ret)) {
-                gbl_restore_exception(ret);
-                Py_DECREF(self);
-                return PYGEN_ERROR;
-            }
-        }
-        Py_DECREF(ret);
-        PyErr_SetString(PyExc_RuntimeError,
-                        "greenback_loop: the task's step was left by an unexpected "
-                        "greenlet switch; the task cannot continue");
-        Py_DECREF(self);
-        return PYGEN_ERROR;
-    }
-    Py_DECREF(ret);
-
+    PySendResult result;
     if (kind == GBL_MSG_SUSPEND) {
-        self->resume = ts->msg_resume;
-        self->awaiting = ts->msg_awaiting;
-        ts->msg_resume = NULL;
-        ts->msg_awaiting = NULL;
-        Py_DECREF(self);
-        *presult = value;
-        return PYGEN_NEXT;
+        self->resume = self->msg_resume;
+        self->awaiting = self->msg_awaiting;
+        self->msg_resume = NULL;
+        self->msg_awaiting = NULL;
+        result = PYGEN_NEXT;
     }
-
-    /* The step ended: release the runner unless something else holds it. */
-    if (st->runner_refs == 0) {
-        st->runner_refs = Py_REFCNT(runner); /* calibration, at import */
-    }
-    if (Py_REFCNT(runner) <= st->runner_refs) {
-        self->runner = NULL;
-        runner_give_back(ts, runner);
-    }
-    else if (kind != GBL_MSG_YIELD) {
-        Py_CLEAR(self->runner); /* finished: let the pinned runner go */
+    else {
+        step_release_runner(self, ts, kind != GBL_MSG_YIELD);
+        result = kind == GBL_MSG_YIELD ? PYGEN_NEXT : kind == GBL_MSG_RETURN ? PYGEN_RETURN
+                                                                             : PYGEN_ERROR;
     }
     Py_DECREF(self);
-    if (kind == GBL_MSG_YIELD) {
-        *presult = value;
-        return PYGEN_NEXT;
+    if (switch_error != NULL) {
+        Py_XDECREF(value);
+        gbl_restore_exception(switch_error);
+        return PYGEN_ERROR;
     }
-    if (kind == GBL_MSG_RETURN) {
-        *presult = value;
-        return PYGEN_RETURN;
+    if (result == PYGEN_ERROR) {
+        gbl_restore_exception(value);
+        return PYGEN_ERROR;
     }
-    gbl_restore_exception(value);
-    return PYGEN_ERROR;
+    *presult = value;
+    return result;
 }
 
 /* -- construction and the GC --------------------------------------------------- */
@@ -217,8 +311,17 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->runner = NULL;
     self->resume = NULL;
     self->awaiting = NULL;
-    self->weakreflist = NULL;
     self->stepper = NULL;
+    self->target = NULL;
+    self->job_arg = NULL;
+    self->job_context = NULL;
+    self->job_throw = 0;
+    self->msg_kind = GBL_MSG_NONE;
+    self->msg_value = NULL;
+    self->msg_resume = NULL;
+    self->msg_awaiting = NULL;
+    self->msg_args = NULL;
+    self->weakreflist = NULL;
     PyObject_GC_Track(self);
     return self;
 }
@@ -235,11 +338,11 @@ portal_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (gbl_state == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core has been unloaded");
+        PyErr_SetString(PyExc_RuntimeError, "greenback_loop's C core is not initialized");
         return NULL;
     }
     if (!PyCoro_CheckExact(coro) && !PyGen_CheckExact(coro)) {
-        int ok = PyObject_IsInstance(coro, (PyObject *)gbl_state->coroutine_abc);
+        int ok = PyObject_IsInstance(coro, gbl_st.coroutine_abc);
         if (ok < 0) {
             return NULL;
         }
@@ -260,6 +363,12 @@ portal_traverse(PortalObject *self, visitproc visit, void *arg)
     Py_VISIT(self->runner);
     Py_VISIT(self->resume);
     Py_VISIT(self->awaiting);
+    Py_VISIT(self->job_arg);
+    Py_VISIT(self->job_context);
+    Py_VISIT(self->msg_value);
+    Py_VISIT(self->msg_resume);
+    Py_VISIT(self->msg_awaiting);
+    Py_VISIT(self->msg_args);
     return 0;
 }
 
@@ -270,16 +379,32 @@ portal_clear(PortalObject *self)
     Py_CLEAR(self->runner);
     Py_CLEAR(self->resume);
     Py_CLEAR(self->awaiting);
+    Py_CLEAR(self->job_arg);
+    Py_CLEAR(self->job_context);
+    Py_CLEAR(self->msg_value);
+    Py_CLEAR(self->msg_resume);
+    Py_CLEAR(self->msg_awaiting);
+    Py_CLEAR(self->msg_args);
     return 0;
 }
 
 static PyObject *portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored));
 
-/* A portal dropped while parked in await_ unwinds the parked stack. */
+/* Whether the coroutine's frames depend on the portal's greenlets: parked
+ * in await_, or run by a runner that something else pins (a child
+ * greenlet started by sync code). Closing it must then unwind it there. */
+static inline int
+portal_holds_greenlets(PortalObject *self)
+{
+    return self->resume != NULL || self->runner != NULL;
+}
+
+/* A portal dropped while parked or pinned unwinds the coroutine where its
+ * frames run, as its own finalizer would without a portal. */
 static void
 portal_finalize(PortalObject *self)
 {
-    if (self->resume == NULL || gbl_is_finalizing()) {
+    if (!portal_holds_greenlets(self) || self->stepper != NULL || gbl_is_finalizing()) {
         return;
     }
     PyObject *exc = gbl_fetch_exception();
@@ -290,8 +415,8 @@ portal_finalize(PortalObject *self)
         int wrong_thread = cause != NULL && PyErr_GivenExceptionMatches(cause, PyExc_GreenletError);
         Py_XDECREF(cause);
         if (wrong_thread) {
-            /* Collected in another thread: greenlet unwinds the runner in
-             * its own thread. */
+            /* Collected in another thread: greenlet unwinds the greenlets
+             * in their own thread when they are dropped. */
             Py_DECREF(err);
         }
         else if (err != NULL) {
@@ -311,8 +436,7 @@ static void
 portal_dealloc(PortalObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    /* Only a portal parked in await_ has anything to finalize. */
-    if (self->resume != NULL && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    if (portal_holds_greenlets(self) && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return; /* resurrected */
     }
     PyObject_GC_UnTrack(self);
@@ -456,12 +580,12 @@ portal_throw(PortalObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->resume == NULL) {
-        if (self->stepper != NULL) {
-            PyErr_SetString(PyExc_ValueError, "coroutine already executing");
-            return NULL;
-        }
-        return PyObject_CallMethod(self->coro, "close", NULL);
+    if (self->stepper != NULL) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return NULL;
+    }
+    if (!portal_holds_greenlets(self)) {
+        return PyObject_CallMethodNoArgs(self->coro, gbl_st.str_close);
     }
     PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
     if (exit == NULL) {

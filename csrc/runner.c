@@ -1,21 +1,20 @@
-/* Per-thread state, the runner pool and the runner greenlets' body.
- * Mirrors _ThreadState, _runner_main and _new_runner in _portal_py.py. */
+/* Per-thread state, the runner pool, the switch protocol's checks and the
+ * runner greenlets' body. Mirrors _ThreadState, _runner_main and the pool
+ * helpers in _portal_py.py. */
 
-/* The module's state, for the hot paths that have no module at hand.
- * One module instance per process: the module refuses subinterpreters. */
-static gbl_module_state *gbl_state = NULL;
+/* The process's one instance of the core's globals (see cportal.h). */
+static gbl_globals gbl_st;
+/* Non-NULL once module_exec has set gbl_st up. */
+static gbl_globals *gbl_state = NULL;
 
-/* This thread's ThreadStateObject (owned by the thread's dict). The
- * initial-exec model makes each access one load instead of a call to
- * __tls_get_addr; it needs 8 bytes of glibc's static TLS surplus. */
-#if defined(__GNUC__) && defined(__ELF__)
-#define GBL_TLS_MODEL __attribute__((tls_model("initial-exec")))
-#else
-#define GBL_TLS_MODEL
-#endif
-static _Thread_local ThreadStateObject *gbl_tls GBL_TLS_MODEL = NULL;
+/* This thread's ThreadStateObject (owned by the thread's dict). The default
+ * TLS model: the module may be loaded with dlopen() late in a process whose
+ * static TLS surplus is used up, where initial-exec would fail to load. */
+static _Thread_local ThreadStateObject *gbl_tls = NULL;
 
+#ifdef GBL_DEBUG_BUILD
 static unsigned long gbl_runners_created = 0;
+#endif
 
 /* -- ThreadState ----------------------------------------------------------- */
 
@@ -24,12 +23,6 @@ thread_state_traverse(ThreadStateObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->hub);
-    Py_VISIT(self->job_coro);
-    Py_VISIT(self->job_arg);
-    Py_VISIT(self->job_context);
-    Py_VISIT(self->msg_value);
-    Py_VISIT(self->msg_resume);
-    Py_VISIT(self->msg_awaiting);
     for (int i = 0; i < self->npool; i++) {
         Py_VISIT(self->pool[i]);
     }
@@ -41,12 +34,6 @@ thread_state_clear(ThreadStateObject *self)
 {
     self->current = NULL;
     Py_CLEAR(self->hub);
-    Py_CLEAR(self->job_coro);
-    Py_CLEAR(self->job_arg);
-    Py_CLEAR(self->job_context);
-    Py_CLEAR(self->msg_value);
-    Py_CLEAR(self->msg_resume);
-    Py_CLEAR(self->msg_awaiting);
     while (self->npool > 0) {
         self->npool--;
         Py_CLEAR(self->pool[self->npool]);
@@ -88,26 +75,18 @@ static PyType_Spec thread_state_spec = {
 static ThreadStateObject *
 thread_state_create(void)
 {
-    gbl_module_state *st = gbl_state;
     PyObject *dict = PyThreadState_GetDict();
     if (dict == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "greenback_loop: no thread state dict");
         return NULL;
     }
-    ThreadStateObject *ts = PyObject_GC_New(ThreadStateObject, st->thread_state_type);
+    ThreadStateObject *ts = PyObject_GC_New(ThreadStateObject, gbl_st.thread_state_type);
     if (ts == NULL) {
         return NULL;
     }
     ts->current = NULL;
     ts->hub = NULL;
-    ts->job_coro = ts->job_arg = ts->job_context = NULL;
-    ts->job_portal = ts->msg_portal = NULL;
-    ts->job_throw = 0;
-    ts->msg_kind = GBL_MSG_NONE;
-    ts->msg_value = ts->msg_awaiting = NULL;
-    ts->msg_resume = NULL;
     ts->npool = 0;
-    ts->owner_thread = PyThread_get_thread_ident();
     PyObject_GC_Track(ts);
 
     /* The hub: the root of the current greenlet's parent chain. */
@@ -127,7 +106,7 @@ thread_state_create(void)
         Py_SETREF(g, parent);
     }
     ts->hub = g;
-    if (PyDict_SetItem(dict, st->thread_dict_key, (PyObject *)ts) < 0) {
+    if (PyDict_SetItem(dict, gbl_st.thread_dict_key, (PyObject *)ts) < 0) {
         goto error;
     }
     Py_DECREF(ts); /* the dict owns it */
@@ -149,64 +128,149 @@ gbl_thread_state(void)
     return thread_state_create();
 }
 
-static void
-thread_state_clear_job(ThreadStateObject *ts)
+static inline int
+greenlet_is_dead(PyGreenlet *g)
 {
-    Py_CLEAR(ts->job_coro);
-    Py_CLEAR(ts->job_arg);
-    Py_CLEAR(ts->job_context);
-    ts->job_portal = NULL;
-    ts->job_throw = 0;
+    return PyGreenlet_STARTED(g) && !PyGreenlet_ACTIVE(g);
 }
 
-static void
-thread_state_clear_msg(ThreadStateObject *ts)
+/* -- the switch protocol ------------------------------------------------------ */
+
+#define GBL_FOREIGN_SWITCH_MESSAGE                                                              \
+    "greenback_loop: a greenlet that belongs to a task's portal was switched into (or thrown " \
+    "into) from outside the task's step, e.g. by greenlet.switch() or greenlet.throw() on "   \
+    "it; it cannot run from there, and stays as it was"
+
+/* Whether ret, what a switch into greenlet `me` returned, is a step of a
+ * portal handing `me` its job. ret is only compared and type-checked until
+ * that is known: it may be anything a foreign switch passed. */
+static inline int
+gbl_is_job_for(PyObject *ret, PyGreenlet *me)
 {
-    ts->msg_kind = GBL_MSG_NONE;
-    ts->msg_portal = NULL;
-    Py_CLEAR(ts->msg_value);
-    Py_CLEAR(ts->msg_resume);
-    Py_CLEAR(ts->msg_awaiting);
+    if (ret == NULL || Py_TYPE(ret) != gbl_st.portal_type) {
+        return 0;
+    }
+    PortalObject *p = (PortalObject *)ret;
+    return p->target == me && p->stepper != NULL && p->job_arg != NULL;
 }
 
-/* Raised where a runner or a parked greenlet finds it was switched into by
- * something other than its portal's step (a greenlet.switch() or throw()
- * from outside): nothing can be delivered from there. */
-static void
-gbl_set_foreign_switch_error(void)
+/* After a switch into `me` failed with an exception: the portal whose step
+ * was entering `me` (borrowed), when the switch was that step's (a settrace
+ * callback that raises turns the step's switch into a throw), else NULL. */
+static inline PortalObject *
+gbl_step_entering(ThreadStateObject *ts, PyGreenlet *me)
 {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "greenback_loop: a task's greenlet was switched into from outside its "
-                    "portal's step (greenlet.switch() or throw() on it?); the task cannot "
-                    "continue");
+    PortalObject *p = ts != NULL ? ts->current : NULL;
+    if (p != NULL && p->target == me && p->stepper != NULL && p->job_arg != NULL) {
+        return p;
+    }
+    return NULL;
+}
+
+/* Whether greenlet `me`, thrown into with the exception now set, is being
+ * killed by greenlet because its last reference went away (greenlet then
+ * holds the only references: a temporary one and the thread's "current"
+ * one; measured at import): such a throw must unwind. Any other throw came
+ * from code that holds a reference to `me` on top of its owner's. */
+static inline int
+gbl_is_being_killed(PyGreenlet *me)
+{
+    return PyErr_ExceptionMatches(PyExc_GreenletExit) && Py_REFCNT(me) <= gbl_st.killed_refs;
+}
+
+/* `me` (a runner waiting for a job, or a greenlet parked in await_) was
+ * switched or thrown into from outside any step: `ret` is what came (NULL:
+ * an exception is set). Leave `me` as it was and raise a RuntimeError in
+ * the greenlet that most likely made the foreign call: the greenlet the
+ * innermost running step entered, else the thread's hub. Returns what the
+ * next switch into `me` brings. */
+static PyObject *
+gbl_bounce(ThreadStateObject *ts, PyGreenlet *me, PyObject *ret)
+{
+    if (ret == NULL) {
+        PyErr_Clear();
+    }
+    else {
+        Py_DECREF(ret);
+    }
+    PyGreenlet *to = ts->hub;
+    PortalObject *p = ts->current;
+    if (p != NULL && p->stepper != NULL && p->target != NULL && p->target != me &&
+        !greenlet_is_dead(p->target))
+    {
+        to = p->target;
+    }
+    assert(to != me); /* the hub is never a runner or parked */
+    PyObject *msg = PyUnicode_FromString(GBL_FOREIGN_SWITCH_MESSAGE);
+    if (msg == NULL) {
+        return NULL;
+    }
+    ret = PyGreenlet_Throw(to, PyExc_RuntimeError, msg, NULL);
+    Py_DECREF(msg);
+    return ret;
 }
 
 /* -- runners ------------------------------------------------------------------ */
 
-/* A runner from the pool or a new one (new reference), or NULL. */
+/* A runner from the pool (new reference), or NULL if the pool is empty. */
 static PyGreenlet *
-runner_take(ThreadStateObject *ts)
+runner_from_pool(ThreadStateObject *ts)
 {
-    if (ts->npool > 0) {
+    while (ts->npool > 0) {
         ts->npool--;
         PyGreenlet *runner = ts->pool[ts->npool];
         ts->pool[ts->npool] = NULL;
-        return runner;
+        if (!greenlet_is_dead(runner)) {
+            return runner;
+        }
+        Py_DECREF(runner); /* killed while idle (foreign throw of GreenletExit) */
     }
-    gbl_runners_created++;
-    return PyGreenlet_New(gbl_state->runner_run, NULL);
+    return NULL;
 }
 
-/* Keep an idle runner (the reference is stolen). */
+/* Whether an idle runner carries nothing a later task could see: alive,
+ * the hub as its parent, no attributes, no weak references. */
+static int
+runner_is_clean(ThreadStateObject *ts, PyGreenlet *runner)
+{
+    if (greenlet_is_dead(runner) || runner->weakreflist != NULL ||
+        (runner->dict != NULL && PyDict_GET_SIZE(runner->dict) != 0))
+    {
+        return 0;
+    }
+    PyGreenlet *parent = PyGreenlet_GetParent(runner);
+    if (parent == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(parent);
+    return parent == ts->hub;
+}
+
+/* Keep an idle runner for later steps (the reference is stolen), or let it
+ * go if it carries anything of its last task or the pool is full. */
 static void
 runner_give_back(ThreadStateObject *ts, PyGreenlet *runner)
 {
-    if (ts->npool < GBL_POOL_MAX) {
+    if (ts->npool < GBL_POOL_MAX && runner_is_clean(ts, runner)) {
         ts->pool[ts->npool++] = runner;
     }
     else {
         Py_DECREF(runner);
     }
+}
+
+/* A new runner (new reference), not yet started; its parent is the hub.
+ * Its first switch passes a one-item list holding the first job's portal:
+ * greenlet keeps a greenlet's first switch arguments for its whole life,
+ * and the list, emptied at once, then keeps nothing alive. */
+static PyGreenlet *
+runner_new(ThreadStateObject *ts)
+{
+#ifdef GBL_DEBUG_BUILD
+    gbl_runners_created++;
+#endif
+    return PyGreenlet_New(gbl_st.runner_run, ts->hub);
 }
 
 /* StopIteration's value (new reference) from the raised StopIteration. */
@@ -222,84 +286,124 @@ gbl_fetch_stop_iteration_value(void)
     return value;
 }
 
-/* The body of every runner greenlet: run one step per job, forever.
- * The job and the resulting message go through the thread state, so no
- * frame of a suspended runner keeps either alive. */
-static PyObject *
-runner_run(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+/* Run one job of portal p on the current runner: send or throw into its
+ * coroutine, in the step's context. Sets *pvalue (owned) and returns the
+ * message kind. The runner holds the coroutine, not the portal, while the
+ * coroutine runs, so a portal dropped while parked can be collected. */
+static int
+runner_do_job(PortalObject *p, PyThreadState *tstate, PyObject **pvalue)
 {
-    gbl_module_state *st = gbl_state;
-    for (;;) {
-        ThreadStateObject *ts = gbl_tls;
-        PyObject *coro = ts->job_coro;
-        if (coro == NULL) {
-            gbl_set_foreign_switch_error();
-            return NULL; /* no job: switched into from outside; end */
-        }
-        PyObject *arg = ts->job_arg;
-        int throw = ts->job_throw;
-        PortalObject *mine = ts->job_portal;
-        PyThreadState *tstate = PyThreadState_Get();
-        /* Run the step in the task's context: the very object, not a copy,
-         * so the step's writes land in it. */
-        Py_XDECREF(gbl_swap_context(tstate, ts->job_context));
-        ts->job_coro = ts->job_arg = ts->job_context = NULL;
-        ts->job_portal = NULL;
+    PyObject *coro = Py_NewRef(p->coro);
+    PyObject *arg = p->job_arg;
+    int throw = p->job_throw;
+    p->job_arg = NULL;
+    /* The very context object of the step, not a copy: its writes land. */
+    Py_XDECREF(gbl_swap_context(tstate, p->job_context));
+    p->job_context = NULL;
+    Py_DECREF(p);
 
-        int kind;
-        PyObject *value = NULL;
-        if (throw) {
-            value = PyObject_CallMethodOneArg(coro, st->str_throw, arg);
-            if (value != NULL) {
-                kind = GBL_MSG_YIELD;
-            }
-            else if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-                kind = GBL_MSG_RETURN;
-                value = gbl_fetch_stop_iteration_value();
-            }
-            else {
-                kind = GBL_MSG_RAISE;
-            }
+    int kind;
+    PyObject *value = NULL;
+    if (throw) {
+        value = PyObject_CallMethodOneArg(coro, gbl_st.str_throw, arg);
+        if (value != NULL) {
+            kind = GBL_MSG_YIELD;
+        }
+        else if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            kind = GBL_MSG_RETURN;
+            value = gbl_fetch_stop_iteration_value();
         }
         else {
-            PySendResult r = PyIter_Send(coro, arg, &value);
-            kind = r == PYGEN_NEXT ? GBL_MSG_YIELD : r == PYGEN_RETURN ? GBL_MSG_RETURN : GBL_MSG_RAISE;
+            kind = GBL_MSG_RAISE;
         }
-        if (kind == GBL_MSG_RAISE) {
-            if (PyErr_ExceptionMatches(PyExc_GreenletExit)) {
-                /* The runner is being killed: end it. */
-                Py_DECREF(coro);
-                Py_DECREF(arg);
-                return NULL;
-            }
-            value = gbl_fetch_exception();
-        }
-        /* No exception is set from here: the decrefs may run code. */
-        Py_DECREF(coro);
-        Py_DECREF(arg);
-        /* Between steps, the runner holds no context (nothing of the task). */
-        Py_XDECREF(gbl_swap_context(tstate, NULL));
-        ts = gbl_tls;
-        if (ts->current != mine) {
-            /* The step did not come from our portal (a foreign switch woke a
-             * parked greenlet of this runner): nowhere to deliver. */
-            Py_XDECREF(value);
-            gbl_set_foreign_switch_error();
+    }
+    else {
+        PySendResult r = PyIter_Send(coro, arg, &value);
+        kind = r == PYGEN_NEXT ? GBL_MSG_YIELD : r == PYGEN_RETURN ? GBL_MSG_RETURN : GBL_MSG_RAISE;
+    }
+    if (kind == GBL_MSG_RAISE) {
+        value = gbl_fetch_exception();
+    }
+    /* No exception is set from here: the decrefs may run code. */
+    Py_DECREF(coro);
+    Py_DECREF(arg);
+    /* Between steps, the runner holds no context (nothing of the task). */
+    Py_XDECREF(gbl_swap_context(tstate, NULL));
+    *pvalue = value;
+    return kind;
+}
+
+/* The body of every runner greenlet: run one job per switch, forever. */
+static PyObject *
+runner_run(PyObject *Py_UNUSED(module), PyObject *box)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+    gbl_reset_recursion_depth(tstate);
+    PyGreenlet *me = PyGreenlet_GetCurrent();
+    if (me == NULL) {
+        return NULL;
+    }
+    Py_DECREF(me); /* a tag: this greenlet is alive while it runs */
+
+    PyObject *ret = NULL; /* what the last switch into this runner brought */
+    if (PyList_Check(box) && PyList_GET_SIZE(box) == 1) {
+        ret = Py_NewRef(PyList_GET_ITEM(box, 0));
+        if (PyList_SetSlice(box, 0, 1, NULL) < 0) {
+            Py_DECREF(ret);
             return NULL;
         }
-        ts->msg_kind = kind;
-        ts->msg_value = value;
-        ts->msg_portal = mine;
-
-        /* Back to the greenlet doing the step (borrowed: it is suspended in
-         * portal_step, which holds it). */
-        PyObject *ret = PyGreenlet_Switch(mine->stepper, NULL, NULL);
-        if (ret == NULL) {
-            return NULL; /* killed while idle, or thrown into */
+    }
+    for (;;) {
+        ThreadStateObject *ts = gbl_tls;
+        PortalObject *p;
+        if (gbl_is_job_for(ret, me)) {
+            p = (PortalObject *)ret;
         }
-        Py_DECREF(ret);
+        else if (ret == NULL && (p = gbl_step_entering(ts, me)) != NULL) {
+            /* the step's switch raised (a settrace callback): throw that */
+            Py_INCREF(p);
+            Py_SETREF(p->job_arg, gbl_fetch_exception());
+            p->job_throw = 1;
+        }
+        else if (ts == NULL || (ret == NULL && gbl_is_being_killed(me))) {
+            Py_XDECREF(ret);
+            return NULL; /* dropped while idle, or at thread exit: end */
+        }
+        else {
+            ret = gbl_bounce(ts, me, ret);
+            continue;
+        }
+
+        PyObject *value;
+        int kind = runner_do_job(p, tstate, &value);
+        /* Report to the portal whose step is running on this runner now
+         * (normally the one whose job started the send; after a park in
+         * await_, the one that resumed it). */
+        ts = gbl_tls;
+        p = ts->current;
+        if (p == NULL || p->runner != me || p->stepper == NULL) {
+            /* No step of ours is running: the send ended after a foreign
+             * switch resumed the coroutine, or greenlet killed the runner
+             * while parked. Nobody can take the result: end the runner. */
+            if (kind == GBL_MSG_RAISE && PyErr_GivenExceptionMatches(value, PyExc_GreenletExit)) {
+                gbl_restore_exception(value);
+                return NULL;
+            }
+            Py_XDECREF(value);
+            PyErr_SetString(PyExc_RuntimeError, GBL_FOREIGN_SWITCH_MESSAGE);
+            return NULL;
+        }
+        PyObject *args = PyTuple_Pack(1, (PyObject *)p);
+        if (args == NULL) {
+            Py_XDECREF(value);
+            return NULL;
+        }
+        p->msg_kind = kind;
+        p->msg_value = value;
+        Py_XSETREF(p->msg_args, args);
+        ret = PyGreenlet_Switch(p->stepper, args, NULL);
     }
 }
 
-static PyMethodDef runner_run_def = {
-    "_runner_run", runner_run, METH_NOARGS, "Body of a portal runner greenlet."};
+static PyMethodDef runner_run_def = {"_runner_run", runner_run, METH_O,
+                                     "Body of a portal runner greenlet."};

@@ -8,13 +8,15 @@ It holds three things, each mirrored one to one by the C core:
     anywhere below it can suspend the step with :func:`await_`.
 
 the runner pool
-    Per thread, a bounded list of idle runner greenlets. A step takes a
-    runner, points its parent at the greenlet doing the step and its context
-    at the step's context, and switches in. When the step ends normally the
-    runner goes back to the pool holding nothing of the task, unless something
-    outside the portal still references it (a greenlet that sync code started
-    with the runner as its parent, say): then it stays pinned to the portal,
-    so that greenlet's parent chain stays valid, until the references go.
+    Per thread, a bounded list of idle runner greenlets, all children of the
+    thread's main greenlet (the hub). A step takes a runner and switches in.
+    When the step ends normally the runner goes back to the pool holding
+    nothing of the task, unless something outside the portal still
+    references it (a greenlet that sync code started with the runner as its
+    parent, say): then it stays pinned to the portal, so that greenlet's
+    parent chain stays valid, until the references go. A runner that carries
+    anything of its task (attributes, weak references, another parent, a
+    deep start) is dropped instead of pooled.
 
 :func:`await_`
     Drives an awaitable in place, in the calling greenlet, and only switches
@@ -22,11 +24,17 @@ the runner pool
     portal then hands the yielded value to the task as if the coroutine had
     yielded it.
 
-Jobs to a runner (or to a greenlet parked in ``await_``) and messages back to
-the stepping greenlet go through the per-thread ``job`` and ``msg`` slots,
-never through switch arguments: a suspended frame (or greenlet's own start-up
-code, which keeps the arguments of a greenlet's first switch) would otherwise
-keep a coroutine, a yielded value or an exception alive.
+The switch protocol: a step writes its job into the portal and switches into
+its target with a one-item list holding the portal; the target empties the
+list and checks the portal (a step of it in progress, entering this very
+greenlet) before reading the job. Messages go back the same way. greenlet
+hands switch arguments to the target before any Python code (a settrace
+callback, a dead greenlet's deletion, the collector) can run, so a step of
+another portal in that window can neither see nor overwrite this step's job
+or message; the list, emptied at once, keeps nothing alive in the frame that
+stays suspended after the switch. Anything else that switches into a
+portal's greenlet is refused: the greenlet stays as it was, and the caller
+gets a RuntimeError.
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ import sys
 import threading
 import types
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from greenlet import GreenletExit, getcurrent, greenlet
 from greenlet import error as greenlet_error
@@ -52,7 +61,7 @@ T = TypeVar("T")
 #: when they come back to a full pool.
 POOL_MAX = 64
 
-# Message kinds, first item of the tuple left in ``_ThreadState.msg``.
+# Message kinds, first item of the tuple left in ``Portal._msg``.
 _YIELD = 0  # (kind, value): the coroutine yielded value; the step ended
 _RETURN = 1  # (kind, value): the coroutine returned value
 _RAISE = 2  # (kind, exception): the coroutine raised
@@ -64,19 +73,39 @@ _HAS_CR_STATE = hasattr(types.CoroutineType, "cr_state")  # 3.15+
 _CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
 _getrefcount = getattr(sys, "getrefcount", None)
 
+_FOREIGN_SWITCH = (
+    "greenback_loop: a greenlet that belongs to a task's portal was switched into (or "
+    "thrown into) from outside the task's step, e.g. by greenlet.switch() or "
+    "greenlet.throw() on it; it cannot run from there, and stays as it was"
+)
+_CLOSING = (
+    "greenback_loop.await_() cannot suspend while a coroutine is being closed "
+    "(GeneratorExit is being handled): like await in a closing coroutine, it would "
+    "suspend whatever step the close runs in"
+)
+_WRONG_THREAD = "a task's portal can only be stepped in the thread whose event loop runs the task"
+_KILLED = (
+    "greenback_loop: the greenlet this task was parked in await_() in was killed from "
+    "outside (greenlet.throw()?); the task cannot continue"
+)
+_LEFT = (
+    "greenback_loop: the task's step was left by an unexpected greenlet switch; the "
+    "task cannot continue"
+)
+
 
 class _ThreadState(threading.local):
     def __init__(self) -> None:
-        #: The portal whose step is running in this thread, if any.
+        #: The innermost portal whose step is running in this thread. Steps
+        #: nest and unnest like calls, so it is always a portal whose step
+        #: is on some greenlet's stack.
         self.current: Portal | None = None
         #: Idle runner greenlets.
         self.pool: list[greenlet] = []
-        #: The job for the runner or parked greenlet being switched to.
-        self.job: tuple[Any, ...] | None = None
-        #: The message left by the runner or await_ for the stepping greenlet.
-        self.msg: tuple[Any, ...] | None = None
-        #: id() of the portal the message is for (a tag, not a reference).
-        self.msg_portal: int = 0
+        #: id()s of runners first started outside the hub, deeper than the
+        #: loop: they are used for one step and dropped, so no later task
+        #: inherits their recursion depth (the C core resets it instead).
+        self.deep: set[int] = set()
         #: The coroutines whose send() or throw() is on a runner's stack.
         #: The C core holds those on the C stack, out of the garbage
         #: collector's sight; rooting them here does the same, so the
@@ -86,38 +115,100 @@ class _ThreadState(threading.local):
         hub = getcurrent()
         while hub.parent is not None:
             hub = hub.parent
-        #: This thread's main greenlet: the parent of every idle runner.
+        #: This thread's main greenlet: the parent of every runner.
         self.hub: greenlet = hub
 
 
 _state = _ThreadState()
-_runners_created = 0
 
 # References an idle runner has when nothing outside the portal machinery
 # refers to it, as seen at the check in Portal._step; measured at import.
 _RUNNER_REFS: int = -1
+# What _refs_of_current() reads in a greenlet that greenlet is killing
+# because its last reference went away; measured at import.
+_KILLED_REFS: int = -1
 
 
-_FOREIGN_SWITCH = (
-    "greenback_loop: a task's greenlet was switched into from outside its "
-    "portal's step (greenlet.switch() or throw() on it?); the task cannot continue"
-)
+def _refs_of_current() -> int:
+    return _getrefcount(getcurrent()) if _getrefcount is not None else 0
 
 
-def _runner_main() -> None:
-    """Body of a runner greenlet: run one step per job, forever.
+def _being_killed(exc: BaseException) -> bool:
+    """Whether the current greenlet, thrown into with *exc*, is being killed
+    by greenlet because its last reference went away: such a throw must
+    unwind. Any other throw came from code that holds a reference to it."""
+    if not isinstance(exc, GreenletExit):
+        return False
+    return _getrefcount is None or _refs_of_current() <= _KILLED_REFS
 
-    Jobs and messages carry the id of their portal (a tag, never a
-    reference): a runner or parked greenlet woken by a foreign switch finds
-    no job of its portal's and stops, instead of reporting into some other
-    portal's step.
-    """
+
+def _take_job(ret: Any, me: int) -> Portal | None:
+    """The portal whose step hands greenlet *me* (an id) its job, if *ret*
+    (what a switch into *me* brought) is such a step's, else None."""
+    if type(ret) is not list or len(ret) != 1:
+        return None
+    p = ret[0]
+    if type(p) is not Portal or p._stepper is None or p._job is None or id(p._target) != me:
+        return None
+    ret.clear()
+    return p
+
+
+def _step_entering(me: int) -> Portal | None:
+    """After a switch into *me* raised: the portal whose step was entering
+    *me*, when the switch was that step's (a settrace callback that raises
+    turns the step's switch into a throw), else None."""
+    p = _state.current
+    if p is not None and p._stepper is not None and p._job is not None and id(p._target) == me:
+        return p
+    return None
+
+
+def _bounce(me: int) -> tuple[Any, BaseException | None]:
+    """Greenlet *me* was switched or thrown into from outside any step: stay
+    as it was and raise a RuntimeError in the greenlet that most likely made
+    the foreign call (the greenlet the innermost running step entered, else
+    the hub). Returns what the next switch into *me* brings."""
     st = _state
+    to = st.hub
+    p = st.current
+    if p is not None and p._stepper is not None:
+        target = p._target
+        if target is not None and id(target) != me and not target.dead:
+            to = target
+    p = target = None
+    try:
+        return to.throw(RuntimeError(_FOREIGN_SWITCH)), None
+    except BaseException as exc:
+        return None, exc
+
+
+def _runner_main(box: list[Any]) -> None:
+    """Body of a runner greenlet: run one job per switch, forever."""
+    st = _state
+    me = id(getcurrent())
+    ret: Any = box
+    thrown: BaseException | None = None
+    del box
     while True:
-        if st.job is None:
-            raise RuntimeError(_FOREIGN_SWITCH)  # ends the runner
-        coro, throw, arg, mine = st.job
-        st.job = None
+        p = _take_job(ret, me) if thrown is None else None
+        ret = None
+        if p is None:
+            if thrown is not None:
+                p = _step_entering(me)
+            if p is not None:
+                p._job = (True, thrown)  # the step's switch raised: throw that
+            elif thrown is not None and _being_killed(thrown):
+                raise thrown  # dropped while idle: end
+            else:
+                thrown = None
+                ret, thrown = _bounce(me)
+                continue
+        thrown = None
+        throw, arg = p._job  # type: ignore[misc]
+        p._job = None
+        coro = p._coro
+        p = None
         sending = st.sending
         key = id(coro)
         sending[key] = coro
@@ -128,10 +219,6 @@ def _runner_main() -> None:
                 value = coro.send(arg)
         except StopIteration as exc:
             msg: tuple[Any, ...] = (_RETURN, exc.value)
-        except GreenletExit:
-            # The runner is being killed (its last reference was dropped
-            # while it was parked): end it.
-            raise
         except BaseException as exc:
             if exc.__traceback__ is not None:
                 exc.__traceback__ = exc.__traceback__.tb_next  # hide this frame
@@ -141,15 +228,62 @@ def _runner_main() -> None:
         finally:
             del sending[key]
         coro = arg = value = None
-        portal = st.current
-        if portal is None or id(portal) != mine:
-            raise RuntimeError(_FOREIGN_SWITCH)  # nowhere to report: end
-        st.msg = msg
-        st.msg_portal = mine
+        # Report to the portal whose step runs on this runner now (after a
+        # park in await_, the one that resumed it).
+        p = st.current
+        if p is None or p._stepper is None or id(p._runner) != me:
+            # No step of ours is running: a foreign switch resumed the
+            # coroutine, or greenlet killed the runner while parked. Nobody
+            # can take the result: end the runner.
+            p = None
+            if msg[0] == _RAISE and isinstance(msg[1], GreenletExit):
+                raise msg[1]
+            raise RuntimeError(_FOREIGN_SWITCH)
+        p._msg = msg
         msg = None  # type: ignore[assignment]
-        stepper = portal._stepper
-        portal = None
-        stepper.switch()  # type: ignore[union-attr]
+        stepper = p._stepper
+        box = [p]
+        p = None
+        try:
+            ret = stepper.switch(box)
+        except BaseException as exc:
+            thrown = exc
+        stepper = box = None  # type: ignore[assignment]
+
+
+def _runner_is_clean(st: _ThreadState, runner: greenlet) -> bool:
+    """Whether an idle runner carries nothing a later task could see."""
+    return (
+        not runner.dead
+        and runner.parent is st.hub
+        and id(runner) not in st.deep
+        and not runner.__dict__
+        and weakref.getweakrefcount(runner) == 0
+    )
+
+
+def _give_back(st: _ThreadState, runner: greenlet) -> None:
+    """Keep an idle runner for later steps, or let it go."""
+    if len(st.pool) < POOL_MAX and _runner_is_clean(st, runner):
+        st.pool.append(runner)
+    else:
+        st.deep.discard(id(runner))
+
+
+def _from_pool(st: _ThreadState) -> greenlet | None:
+    pool = st.pool
+    while pool:
+        runner = pool.pop()
+        if not runner.dead:
+            return runner
+    return None
+
+
+def _new_runner(st: _ThreadState, cur: greenlet) -> greenlet:
+    runner = greenlet(_runner_main, st.hub)
+    if cur is not st.hub:
+        st.deep.add(id(runner))
+    return runner
 
 
 class Portal:
@@ -170,26 +304,41 @@ class Portal:
         "_resume",
         "_awaiting",
         "_stepper",
+        "_target",
+        "_job",
+        "_msg",
         "__weakref__",
     )
 
     _coro: Any
-    _runner: greenlet | None
-    _resume: greenlet | None
-    _awaiting: Any
-    _stepper: greenlet | None
+    _runner: greenlet | None  # while stepping, parked, or pinned by outside refs
+    _resume: greenlet | None  # the greenlet parked in await_, between steps
+    _awaiting: Any  # what await_ drives while parked
+    _stepper: greenlet | None  # the greenlet doing the step: set exactly while stepping
+    _target: greenlet | None  # the greenlet the step entered
+    _job: tuple[bool, Any] | None  # (throw, arg), until the target takes it
+    _msg: tuple[Any, ...] | None  # the step's message, for the stepper
 
-    def __init__(self, coro: Any) -> None:
-        self._runner = None  # the runner, while stepping, parked or pinned
-        self._resume = None  # the greenlet parked in await_
-        self._awaiting = None  # the awaitable await_ drives while parked
-        self._stepper = None  # the greenlet doing the step: set exactly while stepping
+    def __new__(cls, *args: Any, **kwargs: Any) -> Portal:
+        if kwargs:
+            raise TypeError("Portal() takes no keyword arguments")
+        if len(args) != 1:
+            raise TypeError(f"Portal expected 1 argument, got {len(args)}")
+        (coro,) = args
         t = type(coro)
         if t is not types.CoroutineType and not (
             t is types.GeneratorType or isinstance(coro, collections.abc.Coroutine)
         ):
             raise TypeError(f"Portal() argument must be a coroutine, not {t.__name__}")
+        self = object.__new__(cls)
         self._coro = coro
+        self._runner = self._resume = self._awaiting = None
+        self._stepper = self._target = None
+        self._job = self._msg = None
+        return self
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError(f"type '{__name__}.Portal' is not an acceptable base type")
 
     # -- the coroutine protocol ---------------------------------------------
 
@@ -210,10 +359,15 @@ class Portal:
             )
         return self._step(True, _make_exception(typ, *rest))
 
+    def _holds_greenlets(self) -> bool:
+        """Whether the coroutine's frames depend on the portal's greenlets:
+        parked in await_, or run by a runner something else pins."""
+        return self._resume is not None or self._runner is not None
+
     def close(self) -> Any:
-        if self._resume is None:
-            if self._stepper is not None:
-                raise ValueError("coroutine already executing")
+        if self._stepper is not None:
+            raise ValueError("coroutine already executing")
+        if not self._holds_greenlets():
             return self._coro.close()
         try:
             self._step(True, GeneratorExit())
@@ -233,14 +387,14 @@ class Portal:
         return self._step(False, None)
 
     def __del__(self) -> None:
-        if self._resume is None or sys.is_finalizing():
+        if not self._holds_greenlets() or self._stepper is not None or sys.is_finalizing():
             return
         try:
             self.close()
         except RuntimeError as exc:
             if isinstance(exc.__cause__, greenlet_error):
-                # Collected in another thread: the runner cannot be entered
-                # from here; greenlet unwinds it in its own thread.
+                # Collected in another thread: greenlet unwinds the
+                # greenlets in their own thread when they are dropped.
                 return
             raise
 
@@ -250,91 +404,126 @@ class Portal:
         st = _state
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
-        hub = st.hub
-        runner = self._runner
+        cur = getcurrent()
         resume = self._resume
-        if resume is not None and runner is not None and runner.parent is not hub:
-            # Between steps a runner's parent is its own thread's hub.
-            raise RuntimeError(
-                "a task's portal can only be stepped in the thread whose event loop runs the task"
-            )
+        awaiting = None
         if resume is not None:
-            assert runner is not None
-            target = resume
-            st.job = (throw, arg, id(self))
             awaiting = self._awaiting
             self._resume = self._awaiting = None
+            if resume.dead:
+                self._runner = None
+                raise RuntimeError(_KILLED)
+            target = resume
         else:
+            runner = self._runner
+            if runner is not None and runner.dead:
+                runner = self._runner = None
             if runner is None:
-                pool = st.pool
-                runner = pool.pop() if pool else _new_runner()
+                runner = _from_pool(st) or _new_runner(st, cur)
                 self._runner = runner
             target = runner
-            st.job = (self._coro, throw, arg, id(self))
+            runner = None
+            # The step runs in the very context object of the caller.
+            target.gr_context = cur.gr_context
+        self._job = (throw, arg)
         arg = None
-        cur = getcurrent()
-        if cur is not hub:
-            runner.parent = cur
-        runner.gr_context = cur.gr_context
+        self._target = target
+        self._stepper = cur
         prev = st.current
         st.current = self
-        self._stepper = cur
+        ret: Any = None
+        thrown: BaseException | None = None
         try:
-            ret = target.switch()
+            ret = target.switch([self])
         except BaseException as exc:
-            st.current = prev
-            st.job = st.msg = None
-            self._stepper = None
-            if runner.dead:
-                self._runner = None
-            elif isinstance(exc, greenlet_error) and resume is not None:
-                # Nothing ran: the parked greenlet belongs to another thread.
-                self._resume, self._awaiting = resume, awaiting
-                raise RuntimeError(
-                    "a task's portal can only be stepped in the thread whose "
-                    "event loop runs the task"
-                ) from exc
-            raise
+            thrown = exc
+        ret, thrown = self._wait(cur, ret, thrown)
+        if type(ret) is list and ret == [self]:
+            ret.clear()  # the message's box: the sender's frame keeps it
         st.current = prev
-        self._stepper = None
-        if cur is not hub and not runner.dead:
-            runner.parent = hub
-        msg = st.msg
-        if msg is not None and st.msg_portal != id(self):
-            msg = None  # a message for another portal: a foreign switch
-        st.job = st.msg = None
-        cur = target = resume = None
+        self._stepper = self._target = None
+        msg = self._msg
+        self._msg = None
         if msg is None:
-            # No message: the runner ended (the coroutine raised
-            # GreenletExit, which ends a greenlet and comes back as its
-            # result), or a foreign greenlet switched here.
-            if runner.dead:
-                self._runner = None
-                if isinstance(ret, BaseException):
-                    raise ret
-            raise RuntimeError(
-                "greenback_loop: the task's step was left by an unexpected "
-                "greenlet switch; the task cannot continue"
-            )
+            self._failed(ret, thrown, resume, awaiting)
+        job_left, self._job = self._job, None
+        del job_left
+        ret = cur = target = resume = awaiting = None
         kind = msg[0]
         if kind == _SUSPEND:
             self._resume = msg[2]
             self._awaiting = msg[3]
-            return msg[1]
-        # The step ended: release the runner unless something else holds it.
-        runner.gr_context = None
-        if _getrefcount is not None and _getrefcount(runner) <= _RUNNER_REFS:
-            self._runner = None
-            pool = st.pool
-            if len(pool) < POOL_MAX:
-                pool.append(runner)
-        elif kind != _YIELD:
-            self._runner = None  # finished: let the pinned runner go
-        if kind == _YIELD:
+        else:
+            self._release_runner(st, kind != _YIELD)
+        if thrown is not None:
+            # A message came, but the switch back raised (a settrace
+            # callback): the step's state is kept, that error raised.
+            raise thrown
+        if kind == _YIELD or kind == _SUSPEND:
             return msg[1]
         if kind == _RETURN:
             raise StopIteration(msg[1])
         raise msg[1]
+
+    def _wait(self, cur: greenlet, ret: Any, thrown: BaseException | None) -> Any:
+        """While the step runs, wait for its message; refuse anything else
+        that switches or throws into the stepping greenlet (it came from
+        inside the step), and unwind the step's greenlet if the stepping one
+        is being killed."""
+        while self._msg is None:
+            if thrown is not None and self._job is not None:
+                return ret, thrown  # nothing was entered: the switch failed
+            to = self._target
+            if to is None or to.dead:
+                to = self._runner
+            if to is None or to is cur or to.dead:
+                return ret, thrown  # the runner ended
+            if thrown is not None and _being_killed(thrown):
+                exc = thrown
+            else:
+                exc = RuntimeError(_FOREIGN_SWITCH)
+            ret = thrown = None
+            try:
+                ret = to.throw(exc)
+            except BaseException as e:
+                thrown = e
+            exc = to = None  # type: ignore[assignment]
+        return ret, thrown
+
+    def _failed(
+        self, ret: Any, thrown: BaseException | None, resume: greenlet | None, awaiting: Any
+    ) -> NoReturn:
+        """Raise the error of a step that brought no message."""
+        if thrown is not None and self._job is not None:
+            # Nothing ran: put the parked greenlet back.
+            self._job = None
+            if resume is not None:
+                self._resume, self._awaiting = resume, awaiting
+            if isinstance(thrown, greenlet_error):
+                raise RuntimeError(_WRONG_THREAD) from thrown
+            raise thrown
+        self._job = None
+        runner = self._runner
+        if runner is not None and runner.dead:
+            self._runner = None  # the runner ended: the coroutine is lost with it
+        if thrown is not None:
+            raise thrown
+        if isinstance(ret, BaseException):
+            raise ret
+        raise RuntimeError(_LEFT)
+
+    def _release_runner(self, st: _ThreadState, finished: bool) -> None:
+        """Give the runner back to the pool unless something outside the
+        portal still refers to it; a pinned runner stays with the portal
+        until the coroutine finishes."""
+        runner = self._runner
+        assert runner is not None
+        runner.gr_context = None
+        if _getrefcount is not None and _getrefcount(runner) <= _RUNNER_REFS:
+            self._runner = None
+            _give_back(st, runner)
+        elif finished:
+            self._runner = None
 
     # -- introspection, forwarded to the real coroutine ----------------------
 
@@ -387,12 +576,6 @@ class Portal:
 
 
 collections.abc.Coroutine.register(Portal)
-
-
-def _new_runner() -> greenlet:
-    global _runners_created
-    _runners_created += 1
-    return greenlet(_runner_main)
 
 
 def _make_exception(typ: Any, val: Any = None, tb: Any = None) -> BaseException:
@@ -452,7 +635,7 @@ def portal_create_task(base: Callable[..., Any], wrap: Callable[[Any], Any]) -> 
 def in_portal() -> bool:
     """Whether :func:`await_` can suspend from the calling greenlet."""
     portal = _state.current
-    if portal is None:
+    if portal is None or portal._stepper is None:
         return False
     runner = portal._runner
     g: greenlet | None = getcurrent()
@@ -467,6 +650,8 @@ def _awaitable_iter(aw: Any) -> Any:
     """What ``await aw`` would iterate over, with ``await``'s errors."""
     t = type(aw)
     if t is types.CoroutineType:
+        if aw.cr_await is not None:
+            raise RuntimeError("coroutine is being awaited already")
         return aw
     if t is types.GeneratorType and aw.gi_code.co_flags & _CO_ITERABLE_COROUTINE:
         return aw
@@ -484,6 +669,75 @@ def _awaitable_iter(aw: Any) -> Any:
     return it
 
 
+def _closing_in_progress() -> bool:
+    """Whether a coroutine is being closed around this call: the exception
+    being handled, or one in its ``__context__`` chain, is a GeneratorExit.
+    ``await_`` then cannot suspend, as ``await`` in a closing coroutine
+    cannot: the code runs in a finalizer or ``close()``, maybe inside another
+    task's step, and suspending would suspend that task where it never
+    awaited."""
+    exc = sys.exception() if sys.version_info >= (3, 11) else sys.exc_info()[1]
+    for _ in range(100):
+        if exc is None:
+            return False
+        if isinstance(exc, GeneratorExit):
+            return True
+        exc = exc.__context__
+    return False
+
+
+def _chain_handled(exc: BaseException) -> BaseException:
+    """Give *exc*, about to be thrown into a parked await_, the exception
+    being handled there as its ``__context__``, as a coroutine thrown into
+    does (breaking a cycle the way CPython does)."""
+    handled = sys.exception()
+    if handled is None or handled is exc:
+        return exc
+    o: BaseException | None = handled
+    while o is not None:
+        nxt = o.__context__
+        if nxt is exc:
+            o.__context__ = None
+            break
+        o = nxt
+    exc.__context__ = handled
+    return exc
+
+
+def _park(box: list[Any], aw: Any, me: int) -> tuple[Portal | None, bool, Any]:
+    """Park the current greenlet (*me*, an id) in the step of the portal in
+    *box*, whose message holds what the awaitable yielded, and wait to be
+    resumed. Returns the portal whose step resumes it with its job
+    ``(portal, throw, arg)``, or ``(None, True, exc)`` when no step can take
+    this greenlet any more (it is being killed)."""
+    p = box[0]
+    stepper = p._stepper
+    p = None
+    ret: Any = None
+    thrown: BaseException | None = None
+    try:
+        ret = stepper.switch(box)
+    except BaseException as exc:
+        thrown = exc
+    stepper = box = None  # type: ignore[assignment]
+    while True:
+        if thrown is None:
+            q = _take_job(ret, me)
+            if q is not None:
+                throw, arg = q._job  # type: ignore[misc]
+                q._job = None
+                return q, throw, arg
+        else:
+            q = _step_entering(me)
+            if q is not None:
+                q._job = None
+                return q, True, thrown  # the step's switch raised: throw that
+            if _being_killed(thrown):
+                return None, True, thrown
+        ret = thrown = None
+        ret, thrown = _bounce(me)
+
+
 def await_(aw: Awaitable[T]) -> T:
     """Await *aw* from synchronous code running inside a portal.
 
@@ -493,7 +747,8 @@ def await_(aw: Awaitable[T]) -> T:
 
     Raises:
         RuntimeError: there is no portal to suspend: no running event loop in
-            this thread, no current task, or a task without a portal.
+            this thread, no current task, or a task without a portal; or a
+            coroutine is being closed around the call and *aw* must suspend.
         TypeError: *aw* is not awaitable.
     """
     st = _state
@@ -502,6 +757,7 @@ def await_(aw: Awaitable[T]) -> T:
         raise await_outside_portal(aw, False)
     runner = portal._runner
     g: greenlet | None = getcurrent()
+    me = id(g)
     if g is not runner:
         assert g is not None
         g = g.parent
@@ -511,11 +767,11 @@ def await_(aw: Awaitable[T]) -> T:
             g = g.parent
     portal = runner = g = None
 
-    mine = id(st.current)  # a tag: compared, never a reference
     it = _awaitable_iter(aw)
     send = getattr(it, "send", None)
     throw = False
     arg: Any = None
+    p: Portal | None = None
     while True:
         try:
             if throw:
@@ -527,33 +783,26 @@ def await_(aw: Awaitable[T]) -> T:
         except StopIteration as exc:
             return exc.value  # type: ignore[no-any-return]
         arg = None
-        portal = st.current
-        if portal is None or id(portal) != mine:
-            # We run outside our portal's step (a foreign switch resumed
-            # us): there is no step to suspend; tell aw, and the caller.
-            value = portal = None
-            throw, arg = True, RuntimeError(_FOREIGN_SWITCH)
-            continue
-        st.msg = (_SUSPEND, value, getcurrent(), aw)
-        st.msg_portal = mine
-        value = None
-        stepper = portal._stepper
-        portal = None
-        try:
-            stepper.switch()  # type: ignore[union-attr]
-        except BaseException as exc:  # killed, or thrown into by greenlet.throw
-            throw, arg = True, exc
-            continue
-        finally:
-            stepper = None
-        job = st.job
-        st.job = None
-        portal = st.current
-        if job is None or portal is None or id(portal) != mine:
-            throw, arg = True, RuntimeError(_FOREIGN_SWITCH)
-        else:
-            throw, arg, _ = job
-        portal = job = None
+        # aw waits: suspend the step this greenlet runs in.
+        if p is None:
+            p = st.current
+        if p is None or p is not st.current or p._stepper is None or _closing_in_progress():
+            # No step of ours to suspend (killed while parked, or resumed
+            # from outside), or a close is in progress: close aw.
+            closing = p is not None and p is st.current and p._stepper is not None
+            p = value = None
+            err = RuntimeError(_CLOSING if closing else _FOREIGN_SWITCH)
+            try:
+                _throw_into(it, GeneratorExit())
+            except BaseException:
+                pass
+            raise err
+        p._msg = (_SUSPEND, value, getcurrent(), aw)
+        box = [p]
+        p = value = None  # the parked frame keeps nothing of the task
+        p, throw, arg = _park(box, aw, me)
+        if throw:
+            arg = _chain_handled(arg)
 
 
 def _throw_into(it: Any, exc: BaseException) -> Any:
@@ -569,19 +818,24 @@ def _throw_into(it: Any, exc: BaseException) -> Any:
     return throw(exc)
 
 
-def _debug_runners_created() -> int:
-    """How many runner greenlets this process has created (for tests)."""
-    return _runners_created
-
-
 def _calibrate() -> None:
-    """Measure the references an unshared idle runner has at the check in
-    ``Portal._step``: step a coroutine once through a fresh runner."""
-    global _RUNNER_REFS
+    """Measure, at import, the references an unshared idle runner has at the
+    check in ``Portal._step``, and what :func:`_refs_of_current` reads in a
+    greenlet that greenlet kills because its last reference went away."""
+    global _RUNNER_REFS, _KILLED_REFS
     if _getrefcount is None:
         return  # no reference counts (PyPy): runners stay with their portal
 
-    measured: list[int] = []
+    def kill_probe() -> None:
+        global _KILLED_REFS
+        try:
+            getcurrent().parent.switch()
+        except GreenletExit:
+            _KILLED_REFS = _refs_of_current()
+
+    g = greenlet(kill_probe)
+    g.switch()
+    del g  # kills it
 
     @types.coroutine
     def checkpoint() -> Generator[None, None, None]:
@@ -594,12 +848,11 @@ def _calibrate() -> None:
     portal = Portal(probe())
     portal.send(None)
     runner = _state.pool[-1]
-    measured.append(_getrefcount(runner))  # pool + local + argument
+    # At the check the runner had: the local in _release_runner,
+    # getrefcount's argument, and whatever greenlet itself holds; here: the
+    # pool, the local, the argument, and the same greenlet-held references.
+    _RUNNER_REFS = _getrefcount(runner)
     del runner
-    # At the check the runner had: the local in _step, getrefcount's
-    # argument, and whatever greenlet itself holds; here: the pool, the
-    # local, the argument, and the same greenlet-held references.
-    _RUNNER_REFS = measured[0]
     portal.close()
 
 
