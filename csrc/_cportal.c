@@ -266,6 +266,12 @@ module_exec(PyObject *module)
             return -1;
         }
     }
+    if (st->spare_args == NULL) {
+        st->spare_args = PyTuple_Pack(1, Py_None);
+        if (st->spare_args == NULL) {
+            return -1;
+        }
+    }
     if (PyModule_AddType(module, st->portal_type) < 0) {
         return -1;
     }

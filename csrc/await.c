@@ -183,7 +183,8 @@ static PortalObject *
 gbl_park(PortalObject *p, PyGreenlet *me, PyObject *aw, PyObject *value, int *pthrow,
          PyObject **parg)
 {
-    PyObject *args = PyTuple_Pack(1, (PyObject *)p);
+    gbl_args_drop(&p->msg_args);
+    PyObject *args = gbl_args_take(p);
     if (args == NULL) {
         Py_DECREF(value);
         Py_DECREF(p);
@@ -196,7 +197,7 @@ gbl_park(PortalObject *p, PyGreenlet *me, PyObject *aw, PyObject *value, int *pt
     p->msg_value = value;
     p->msg_resume = me; /* the portal owns the parked greenlet */
     p->msg_awaiting = Py_NewRef(aw);
-    Py_XSETREF(p->msg_args, args);
+    p->msg_args = args;
     PyGreenlet *stepper = p->stepper; /* suspended in portal_step, which holds p */
     Py_DECREF(p);
     PyObject *ret = PyGreenlet_Switch(stepper, args, NULL);
@@ -204,6 +205,7 @@ gbl_park(PortalObject *p, PyGreenlet *me, PyObject *aw, PyObject *value, int *pt
         ThreadStateObject *ts = gbl_tls;
         if (gbl_is_job_for(ret, me)) {
             p = (PortalObject *)ret;
+            gbl_args_drop(&p->job_args);
             *pthrow = p->job_throw;
             *parg = p->job_arg;
             p->job_arg = NULL;
@@ -288,9 +290,10 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             }
         }
         /* aw waits: suspend the step this greenlet runs in. */
-        ts = gbl_tls;
+        ts = gbl_tls; /* NULL once the thread is exiting */
+        PortalObject *current = ts != NULL ? ts->current : NULL;
         if (p == NULL) {
-            p = (PortalObject *)Py_XNewRef(ts->current);
+            p = (PortalObject *)Py_XNewRef(current);
         }
         if (me == NULL) {
             me = PyGreenlet_GetCurrent();
@@ -301,10 +304,10 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
                 return NULL;
             }
         }
-        if (p == NULL || p != ts->current || p->stepper == NULL || gbl_closing_in_progress()) {
+        if (p == NULL || p != current || p->stepper == NULL || gbl_closing_in_progress()) {
             /* No step of ours to suspend (killed while parked, or resumed
              * from outside), or a close is in progress: close aw. */
-            int closing = p != NULL && p == ts->current && p->stepper != NULL;
+            int closing = p != NULL && p == current && p->stepper != NULL;
             Py_DECREF(value);
             Py_CLEAR(p);
             PyErr_SetString(PyExc_RuntimeError,

@@ -37,6 +37,7 @@ typedef struct {
     PyObject *str_throw;
     PyObject *str_close;
     PyObject *coroutine_abc; /* collections.abc.Coroutine */
+    PyObject *spare_args;    /* a 1-tuple reused as switch arguments (see gbl_args_take) */
     PyObject *errors_module; /* greenback_loop._errors, imported on first use */
     getter coro_get_await;   /* the C getter of coroutine.cr_await */
     Py_ssize_t runner_refs;  /* refcount of an unshared runner at the check */
@@ -61,6 +62,7 @@ typedef struct {
     PyGreenlet *stepper; /* borrowed: the greenlet doing the step */
     PyGreenlet *target;  /* borrowed, a tag: the greenlet the step entered */
     PyObject *job_arg;   /* what to send or throw, until the target takes it */
+    PyObject *job_args;  /* the switch arguments carrying the job, likewise */
     PyObject *job_context; /* a fresh step's context, until the runner takes it */
     int job_throw;
     int msg_kind;
@@ -68,7 +70,8 @@ typedef struct {
     PyGreenlet *msg_resume;
     PyObject *msg_awaiting;
     /* The switch arguments carrying the message: owned here, not by the
-     * sender's frame, which stays suspended (maybe for good) after it. */
+     * sender's frame, which stays suspended (maybe for good) after it; the
+     * receiver drops them. */
     PyObject *msg_args;
     PyObject *weakreflist;
 } PortalObject;

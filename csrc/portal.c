@@ -39,7 +39,7 @@ static PyObject *
 step_args(PortalObject *self, int new_runner)
 {
     if (!new_runner) {
-        return PyTuple_Pack(1, (PyObject *)self);
+        return gbl_args_take(self);
     }
     PyObject *box = PyList_New(1);
     if (box == NULL) {
@@ -143,6 +143,10 @@ static void
 step_release_runner(PortalObject *self, ThreadStateObject *ts, int finished)
 {
     PyGreenlet *runner = self->runner;
+    if (ts == NULL) {
+        Py_CLEAR(self->runner);
+        return;
+    }
     if (gbl_st.runner_refs == 0) {
         gbl_st.runner_refs = Py_REFCNT(runner); /* calibration, at import */
     }
@@ -234,6 +238,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
         return PYGEN_ERROR;
     }
     self->job_arg = Py_NewRef(arg);
+    self->job_args = args; /* the receiver drops them */
     self->job_throw = throw;
     self->target = target;
     self->stepper = cur;
@@ -242,12 +247,14 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     Py_INCREF(self);
 
     PyObject *ret = step_switch(tstate, target, args, NULL);
-    Py_DECREF(args);
     ret = step_wait(self, tstate, cur, ret);
 
-    Py_CLEAR(self->msg_args);
-    ts = gbl_tls;
-    ts->current = prev;
+    gbl_args_drop(&self->job_args); /* if nothing took the job */
+    gbl_args_drop(&self->msg_args);
+    ts = gbl_tls; /* NULL only if this thread's state went while parked */
+    if (ts != NULL) {
+        ts->current = prev;
+    }
     self->stepper = NULL;
     self->target = NULL;
     int kind = self->msg_kind;
@@ -314,6 +321,7 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->stepper = NULL;
     self->target = NULL;
     self->job_arg = NULL;
+    self->job_args = NULL;
     self->job_context = NULL;
     self->job_throw = 0;
     self->msg_kind = GBL_MSG_NONE;
@@ -364,6 +372,7 @@ portal_traverse(PortalObject *self, visitproc visit, void *arg)
     Py_VISIT(self->resume);
     Py_VISIT(self->awaiting);
     Py_VISIT(self->job_arg);
+    Py_VISIT(self->job_args);
     Py_VISIT(self->job_context);
     Py_VISIT(self->msg_value);
     Py_VISIT(self->msg_resume);
@@ -380,6 +389,7 @@ portal_clear(PortalObject *self)
     Py_CLEAR(self->resume);
     Py_CLEAR(self->awaiting);
     Py_CLEAR(self->job_arg);
+    Py_CLEAR(self->job_args);
     Py_CLEAR(self->job_context);
     Py_CLEAR(self->msg_value);
     Py_CLEAR(self->msg_resume);

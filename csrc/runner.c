@@ -141,6 +141,48 @@ greenlet_is_dead(PyGreenlet *g)
     "into) from outside the task's step, e.g. by greenlet.switch() or greenlet.throw() on "   \
     "it; it cannot run from there, and stays as it was"
 
+/* The switch arguments that hand portal p over (new reference): the
+ * process's spare 1-tuple when no switch holds it, else a new tuple. The
+ * owner (the portal's job_args or msg_args) keeps them until the receiver
+ * has taken the portal out and calls gbl_args_drop(). The spare is claimed
+ * before its item is replaced, so code run by that decref (a finalizer)
+ * finds it taken and makes its own. Saves an allocation per switch. */
+static inline PyObject *
+gbl_args_take(PortalObject *p)
+{
+    PyObject *t = gbl_st.spare_args;
+    if (Py_REFCNT(t) != 1) {
+        return PyTuple_Pack(1, (PyObject *)p);
+    }
+    Py_INCREF(t);
+    PyObject *old = PyTuple_GET_ITEM(t, 0);
+    PyTuple_SET_ITEM(t, 0, Py_NewRef(p));
+    Py_DECREF(old);
+    return t;
+}
+
+/* Release the switch arguments in *pargs (if any). The spare, if no switch
+ * still carries it, gives up its portal at once: it must not keep a
+ * finished task's portal alive. The caller holds a reference to that
+ * portal, so the decref frees nothing. */
+static inline void
+gbl_args_drop(PyObject **pargs)
+{
+    PyObject *t = *pargs;
+    if (t == NULL) {
+        return;
+    }
+    *pargs = NULL;
+    if (t == gbl_st.spare_args && Py_REFCNT(t) == 2) {
+        PyObject *old = PyTuple_GET_ITEM(t, 0);
+        PyTuple_SET_ITEM(t, 0, Py_NewRef(Py_None));
+        Py_DECREF(t);
+        Py_DECREF(old);
+        return;
+    }
+    Py_DECREF(t);
+}
+
 /* Whether ret, what a switch into greenlet `me` returned, is a step of a
  * portal handing `me` its job. ret is only compared and type-checked until
  * that is known: it may be anything a foreign switch passed. */
@@ -228,12 +270,14 @@ runner_from_pool(ThreadStateObject *ts)
     return NULL;
 }
 
-/* Whether an idle runner carries nothing a later task could see: alive,
- * the hub as its parent, no attributes, no weak references. */
+/* Whether an idle runner carries nothing a later task could see: the hub
+ * as its parent, no attributes, no weak references. (It is alive: it just
+ * sent its message and a foreign throw into it bounces; runner_from_pool
+ * checks that anyway.) */
 static int
 runner_is_clean(ThreadStateObject *ts, PyGreenlet *runner)
 {
-    if (greenlet_is_dead(runner) || runner->weakreflist != NULL ||
+    if (runner->weakreflist != NULL ||
         (runner->dict != NULL && PyDict_GET_SIZE(runner->dict) != 0))
     {
         return 0;
@@ -354,18 +398,19 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
         }
     }
     for (;;) {
-        ThreadStateObject *ts = gbl_tls;
+        ThreadStateObject *ts;
         PortalObject *p;
         if (gbl_is_job_for(ret, me)) {
             p = (PortalObject *)ret;
+            gbl_args_drop(&p->job_args);
         }
-        else if (ret == NULL && (p = gbl_step_entering(ts, me)) != NULL) {
+        else if (ret == NULL && (p = gbl_step_entering(ts = gbl_tls, me)) != NULL) {
             /* the step's switch raised (a settrace callback): throw that */
             Py_INCREF(p);
             Py_SETREF(p->job_arg, gbl_fetch_exception());
             p->job_throw = 1;
         }
-        else if (ts == NULL || (ret == NULL && gbl_is_being_killed(me))) {
+        else if ((ts = gbl_tls) == NULL || (ret == NULL && gbl_is_being_killed(me))) {
             Py_XDECREF(ret);
             return NULL; /* dropped while idle, or at thread exit: end */
         }
@@ -393,14 +438,15 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
             PyErr_SetString(PyExc_RuntimeError, GBL_FOREIGN_SWITCH_MESSAGE);
             return NULL;
         }
-        PyObject *args = PyTuple_Pack(1, (PyObject *)p);
+        gbl_args_drop(&p->msg_args);
+        PyObject *args = gbl_args_take(p);
         if (args == NULL) {
             Py_XDECREF(value);
             return NULL;
         }
         p->msg_kind = kind;
         p->msg_value = value;
-        Py_XSETREF(p->msg_args, args);
+        p->msg_args = args;
         ret = PyGreenlet_Switch(p->stepper, args, NULL);
     }
 }
