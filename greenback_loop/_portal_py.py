@@ -343,7 +343,13 @@ class Portal:
     # -- the coroutine protocol ---------------------------------------------
 
     def send(self, value: Any) -> Any:
-        return self._step(False, value)
+        ok, value = self._step(False, value)
+        if ok:
+            return value
+        try:
+            raise value
+        finally:
+            value = None
 
     def throw(self, typ: Any, *rest: Any) -> Any:
         if len(rest) > 2:
@@ -357,7 +363,13 @@ class Portal:
                 DeprecationWarning,
                 stacklevel=2,
             )
-        return self._step(True, _make_exception(typ, *rest))
+        ok, value = self._step(True, _make_exception(typ, *rest))
+        if ok:
+            return value
+        try:
+            raise value
+        finally:
+            value = None
 
     def _holds_greenlets(self) -> bool:
         """Whether the coroutine's frames depend on the portal's greenlets:
@@ -370,12 +382,19 @@ class Portal:
         if not self._holds_greenlets():
             return self._coro.close()
         try:
-            self._step(True, GeneratorExit())
+            ok, value = self._step(True, GeneratorExit())
         except GeneratorExit:
             return None
-        except StopIteration as exc:
-            return exc.value if _CLOSE_RETURNS_VALUE else None
-        raise RuntimeError("coroutine ignored GeneratorExit")
+        if ok:
+            raise RuntimeError("coroutine ignored GeneratorExit")
+        if isinstance(value, GeneratorExit):
+            return None
+        if isinstance(value, StopIteration):
+            return value.value if _CLOSE_RETURNS_VALUE else None
+        try:
+            raise value
+        finally:
+            value = None
 
     def __await__(self) -> Portal:
         return self
@@ -384,7 +403,13 @@ class Portal:
         return self
 
     def __next__(self) -> Any:
-        return self._step(False, None)
+        ok, value = self._step(False, None)
+        if ok:
+            return value
+        try:
+            raise value
+        finally:
+            value = None
 
     def __del__(self) -> None:
         if not self._holds_greenlets() or self._stepper is not None or sys.is_finalizing():
@@ -400,7 +425,13 @@ class Portal:
 
     # -- stepping -----------------------------------------------------------
 
-    def _step(self, throw: bool, arg: Any) -> Any:
+    def _step(self, throw: bool, arg: Any) -> tuple[bool, Any]:
+        """Run one step: ``(True, value)`` when the coroutine yielded,
+        ``(False, exception)`` for what the calling method is to raise (a
+        StopIteration when it returned). The method raises it, so no frame
+        of this one lands in the exception's traceback, nor in a cycle with
+        it: a task's traceback shows one frame of the twin, as little as a
+        pure-Python function can."""
         st = _state
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
@@ -458,12 +489,14 @@ class Portal:
         if thrown is not None:
             # A message came, but the switch back raised (a settrace
             # callback): the step's state is kept, that error raised.
-            raise thrown
+            return False, thrown
+        value = msg[1]
+        msg = None
         if kind == _YIELD or kind == _SUSPEND:
-            return msg[1]
+            return True, value
         if kind == _RETURN:
-            raise StopIteration(msg[1])
-        raise msg[1]
+            return False, StopIteration(value)
+        return False, value
 
     def _wait(self, cur: greenlet, ret: Any, thrown: BaseException | None) -> Any:
         """While the step runs, wait for its message; refuse anything else
@@ -622,7 +655,13 @@ def portal_create_task(base: Callable[..., Any], wrap: Callable[[Any], Any]) -> 
             args = (coro, *args[1:])
         elif "coro" in kwargs:
             kwargs["coro"] = wrap(kwargs["coro"])
-        return base(self, *args, **kwargs)
+        task = base(self, *args, **kwargs)
+        # In debug mode, the creation point recorded is the caller's, as
+        # with the C core (the base method drops its own frame likewise).
+        tb = getattr(task, "_source_traceback", None)
+        if tb and tb[-1].filename == __file__:
+            del tb[-1]
+        return task
 
     create_task.__doc__ = base.__doc__
     create_task.__wrapped__ = base  # type: ignore[attr-defined]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import gc
 import inspect
 import sys
+import traceback
 import types
 import warnings
 from typing import Any
@@ -405,3 +407,92 @@ def test_tracing_sees_task_and_loop_frames(run: Any) -> None:
     finally:
         sys.settrace(old)
     assert calls.count("in_task") == 3 and calls.count("in_loop") == 3
+
+
+def _core_frames(tb: Any) -> list[str]:
+    return [f.name for f in traceback.extract_tb(tb) if "/greenback_loop/" in f.filename]
+
+
+def test_a_failed_task_traceback_shows_no_step_machinery(run: Any, impl: str) -> None:
+    """An exception leaving a task through await_ carries the user's frames;
+    the C core adds none of its own, the twin at most the one method of the
+    portal that the Task called (a pure-Python callee always lands in the
+    traceback; its step helpers and runner do not)."""
+
+    def sync_layer() -> None:
+        greenback_loop.await_(asyncio.sleep(0))
+        raise ValueError("boom")
+
+    async def body() -> None:
+        sync_layer()
+
+    async def main() -> Any:
+        with pytest.raises(ValueError) as info:
+            await asyncio.create_task(body())
+        return info.value.__traceback__
+
+    tb = run(main())
+    names = [f.name for f in traceback.extract_tb(tb)]
+    assert names[-2:] == ["body", "sync_layer"]
+    core = _core_frames(tb)
+    assert core == [] if impl == "c" else core in ([], ["__next__"], ["send"], ["throw"])
+
+
+def test_debug_creation_point_is_the_callers_as_on_plain_asyncio(run: Any, run_plain: Any) -> None:
+    async def main() -> tuple[str, str]:
+        task = asyncio.create_task(asyncio.sleep(0))
+        await task
+        last = task._source_traceback[-1]  # type: ignore[attr-defined]
+        return last.name, last.filename
+
+    got = run(main(), debug=True)
+    with_plain_loop = run_plain(_debug(main()))
+    assert got == with_plain_loop
+    assert "/greenback_loop/" not in got[1]
+
+
+async def _debug(coro: Any) -> Any:
+    asyncio.get_running_loop().set_debug(True)
+    return await coro
+
+
+def test_finished_tasks_leave_no_reference_cycles(run: Any) -> None:
+    """Results, exceptions and cancellation through await_ are freed by
+    reference counting, as with plain await (nothing for the collector)."""
+
+    def fail() -> None:
+        greenback_loop.await_(asyncio.sleep(0))
+        raise ValueError("x")
+
+    async def failing() -> None:
+        fail()
+
+    async def returning() -> int:
+        return greenback_loop.await_(asyncio.sleep(0, 5))  # type: ignore[no-any-return]
+
+    async def parked() -> None:
+        greenback_loop.await_(asyncio.sleep(10))
+
+    async def main() -> list[int]:
+        await asyncio.create_task(returning())  # warm: runners exist
+        counts = []
+        gc.collect()
+        gc.disable()
+        try:
+            with pytest.raises(ValueError):
+                await asyncio.create_task(failing())
+            counts.append(gc.collect())
+            assert await asyncio.create_task(returning()) == 5
+            counts.append(gc.collect())
+            task = asyncio.create_task(parked())
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            del task
+            counts.append(gc.collect())
+        finally:
+            gc.enable()
+        return counts
+
+    assert run(main()) == [0, 0, 0]
