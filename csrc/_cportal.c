@@ -294,6 +294,7 @@ module_exec(PyObject *module)
     Py_DECREF(reg);
 
     gbl_state = st;
+    gbl_refresh_memory_limit();
     if (calibrate_kill() < 0 || calibrate() < 0) {
         gbl_state = NULL;
         return -1;

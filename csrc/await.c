@@ -184,7 +184,7 @@ gbl_park(PortalObject *p, PyGreenlet *me, PyObject *aw, PyObject *value, int *pt
          PyObject **parg)
 {
     gbl_args_drop(&p->msg_args);
-    PyObject *args = gbl_args_take(p);
+    PyObject *args = gbl_switch_headroom() < 0 ? NULL : gbl_args_take(p);
     if (args == NULL) {
         Py_DECREF(value);
         Py_DECREF(p);

@@ -5,6 +5,11 @@
 
 #include <Python.h>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/resource.h>
+#define GBL_HAVE_RLIMIT 1
+#endif
+
 #if PY_VERSION_HEX < 0x030B0000
 #error "greenback_loop needs CPython 3.11 or newer"
 #endif

@@ -173,7 +173,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
         return PYGEN_ERROR;
     }
     ThreadStateObject *ts = gbl_thread_state();
-    if (ts == NULL) {
+    if (ts == NULL || gbl_switch_headroom() < 0) {
         return PYGEN_ERROR;
     }
     PyGreenlet *cur = PyGreenlet_GetCurrent();

@@ -16,6 +16,48 @@ static _Thread_local ThreadStateObject *gbl_tls = NULL;
 static unsigned long gbl_runners_created = 0;
 #endif
 
+/* -- memory headroom for switches ------------------------------------------ */
+
+/* greenlet copies a greenlet's C stack slice to the heap when it switches
+ * away from it, and aborts the process ("Failed low-level slp_switch()")
+ * when that allocation fails. Malloc fails in practice only under an
+ * address-space or data-size limit (elsewhere the kernel overcommits), so
+ * under such a limit a step and a park first check that a generous slice
+ * can be had: running out then raises MemoryError in the task that needed
+ * the memory, before greenlet's switch. The limit is looked up again at
+ * every runner creation, which is when a program parking many tasks grows. */
+#define GBL_HEADROOM (256 * 1024)
+static int gbl_memory_limited = 0;
+
+static void
+gbl_refresh_memory_limit(void)
+{
+#ifdef GBL_HAVE_RLIMIT
+    struct rlimit r;
+    int limited = getrlimit(RLIMIT_AS, &r) == 0 && r.rlim_cur != RLIM_INFINITY;
+#ifdef RLIMIT_DATA
+    limited = limited || (getrlimit(RLIMIT_DATA, &r) == 0 && r.rlim_cur != RLIM_INFINITY);
+#endif
+    gbl_memory_limited = limited;
+#endif
+}
+
+/* 0, or -1 with MemoryError when a switch's stack copy could not be had. */
+static inline int
+gbl_switch_headroom(void)
+{
+    if (!gbl_memory_limited) {
+        return 0;
+    }
+    void *probe = malloc(GBL_HEADROOM);
+    if (probe == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    free(probe);
+    return 0;
+}
+
 /* -- ThreadState ----------------------------------------------------------- */
 
 static int
@@ -314,6 +356,7 @@ runner_new(ThreadStateObject *ts)
 #ifdef GBL_DEBUG_BUILD
     gbl_runners_created++;
 #endif
+    gbl_refresh_memory_limit();
     return PyGreenlet_New(gbl_st.runner_run, ts->hub);
 }
 

@@ -279,7 +279,33 @@ def _from_pool(st: _ThreadState) -> greenlet | None:
     return None
 
 
+# greenlet aborts the process when it cannot allocate the copy of a stack
+# slice in a switch. Under an address-space or data-size limit (the only
+# place malloc fails in practice), a step and a park first check that a
+# generous slice can be had, so that running out raises MemoryError in the
+# task that needed the memory. Looked up again at every runner creation.
+_HEADROOM = 256 * 1024
+_memory_limited = False
+
+
+def _refresh_memory_limit() -> None:
+    global _memory_limited
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return
+    limits = [resource.RLIMIT_AS, getattr(resource, "RLIMIT_DATA", resource.RLIMIT_AS)]
+    _memory_limited = any(resource.getrlimit(r)[0] != resource.RLIM_INFINITY for r in limits)
+
+
+def _switch_headroom() -> None:
+    """Raise MemoryError if a switch's stack copy could not be had."""
+    if _memory_limited:
+        bytearray(_HEADROOM)
+
+
 def _new_runner(st: _ThreadState, cur: greenlet) -> greenlet:
+    _refresh_memory_limit()
     runner = greenlet(_runner_main, st.hub)
     if cur is not st.hub:
         st.deep.add(id(runner))
@@ -435,6 +461,7 @@ class Portal:
         st = _state
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
+        _switch_headroom()
         cur = getcurrent()
         resume = self._resume
         awaiting = None
@@ -836,6 +863,12 @@ def await_(aw: Awaitable[T]) -> T:
             except BaseException:
                 pass
             raise err
+        try:
+            _switch_headroom()
+        except MemoryError as exc:
+            p = value = None
+            throw, arg = True, exc
+            continue
         p._msg = (_SUSPEND, value, getcurrent(), aw)
         box = [p]
         p = value = None  # the parked frame keeps nothing of the task
@@ -895,4 +928,5 @@ def _calibrate() -> None:
     portal.close()
 
 
+_refresh_memory_limit()
 _calibrate()

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from typing import Any
 
+import pytest
+
 import greenback_loop
 
 
@@ -307,3 +309,48 @@ async def test_runners_are_reused() -> None:
     before = created()
     await asyncio.gather(*(step_a_lot() for _ in range(5)))
     assert created() - before <= 5
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS and /proc")
+def test_running_out_of_memory_with_many_tasks_parked(loop_kind: str, impl: str) -> None:
+    """Under an address-space limit, parking ever more tasks in await_ ends
+    the program with an exception in Python, as plain asyncio does:
+    MemoryError (3.11 itself reports a failed frame-stack allocation as
+    SystemError). Before, greenlet aborted the process inside a switch that
+    could not save a stack slice ("Failed low-level slp_switch()")."""
+    env = dict(os.environ)
+    env["GREENBACK_LOOP_NO_EXTENSIONS"] = "1" if impl == "python" else "0"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, resource, sys
+        import greenback_loop
+        assert greenback_loop.implementation == {impl!r}
+        with open("/proc/self/status") as f:
+            vm = next(int(l.split()[1]) for l in f if l.startswith("VmSize:")) * 1024
+        limit = vm + 160 * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        def sync_wait(ev):
+            greenback_loop.await_(ev.wait())
+
+        async def parked(ev):
+            sync_wait(ev)
+
+        async def main():
+            ev = asyncio.Event()
+            tasks = []
+            while len(tasks) < 2_000_000:
+                for _ in range(100):
+                    tasks.append(asyncio.create_task(parked(ev)))
+                await asyncio.sleep(0)
+
+        greenback_loop.run(main(), uvloop={loop_kind == "uvloop"!r})
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert "Fatal Python error" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    tail = proc.stderr.strip().splitlines()[-3:]  # a "never awaited" warning may follow
+    assert any(line.startswith(("MemoryError", "SystemError")) for line in tail), tail
