@@ -62,7 +62,7 @@ gbl_awaitable_iter(PyObject *aw)
     }
     PyAsyncMethods *am = Py_TYPE(aw)->tp_as_async;
     if (am == NULL || am->am_await == NULL) {
-        PyErr_Format(PyExc_TypeError, "'%.100s' object can't be awaited", Py_TYPE(aw)->tp_name);
+        PyErr_Format(PyExc_TypeError, GBL_NOT_AWAITABLE_FORMAT, Py_TYPE(aw)->tp_name);
         return NULL;
     }
     PyObject *it = am->am_await(aw);

@@ -5,6 +5,13 @@
 
 #include <Python.h>
 
+/* What `await x` says when x is not awaitable (reworded in 3.14). */
+#if PY_VERSION_HEX >= 0x030E0000
+#define GBL_NOT_AWAITABLE_FORMAT "'%.100s' object can't be awaited"
+#else
+#define GBL_NOT_AWAITABLE_FORMAT "object %.100s can't be used in 'await' expression"
+#endif
+
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/resource.h>
 #define GBL_HAVE_RLIMIT 1

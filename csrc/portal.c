@@ -562,9 +562,12 @@ gbl_make_exception(PyObject *typ, PyObject *val, PyObject *tb)
 static PyObject *
 portal_throw(PortalObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument and at most 3, got %zd",
-                     nargs);
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError, "throw expected at least 1 argument, got %zd", nargs);
+        return NULL;
+    }
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected at most 3 arguments, got %zd", nargs);
         return NULL;
     }
 #if PY_VERSION_HEX >= 0x030C0000

@@ -285,6 +285,12 @@ def _from_pool(st: _ThreadState) -> greenlet | None:
 # generous slice can be had, so that running out raises MemoryError in the
 # task that needed the memory. Looked up again at every runner creation.
 _HEADROOM = 256 * 1024
+# What `await x` says when x is not awaitable (reworded in 3.14).
+_NOT_AWAITABLE = (
+    "'%s' object can't be awaited"
+    if sys.version_info >= (3, 14)
+    else "object %s can't be used in 'await' expression"
+)
 _memory_limited = False
 
 
@@ -377,11 +383,12 @@ class Portal:
         finally:
             value = None
 
-    def throw(self, typ: Any, *rest: Any) -> Any:
-        if len(rest) > 2:
-            raise TypeError(
-                f"throw expected at least 1 argument and at most 3, got {1 + len(rest)}"
-            )
+    def throw(self, *args: Any) -> Any:
+        if not args:
+            raise TypeError("throw expected at least 1 argument, got 0")
+        if len(args) > 3:
+            raise TypeError(f"throw expected at most 3 arguments, got {len(args)}")
+        typ, *rest = args
         if rest and sys.version_info >= (3, 12):
             warnings.warn(
                 "the (type, exc, tb) signature of throw() is deprecated, "
@@ -723,7 +730,7 @@ def _awaitable_iter(aw: Any) -> Any:
         return aw
     meth = getattr(t, "__await__", None)
     if meth is None:
-        raise TypeError(f"'{t.__name__}' object can't be awaited")
+        raise TypeError(_NOT_AWAITABLE % t.__name__)
     it = meth(aw)
     ti = type(it)
     if ti is types.CoroutineType or (

@@ -7,6 +7,7 @@ import contextvars
 import sys
 import traceback
 import types
+import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -14,6 +15,7 @@ import greenlet
 import pytest
 
 import greenback_loop
+from greenback_loop import _impl
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
@@ -413,3 +415,46 @@ async def test_many_concurrent_parked_tasks() -> None:
         await asyncio.sleep(0)
     gate.set()
     assert sum(await asyncio.gather(*tasks)) == n * (n - 1) // 2
+
+
+class _AwaitReturnsInt:
+    def __await__(self) -> int:
+        return 5
+
+
+@pytest.mark.parametrize(
+    "obj", [1, None, "text", _AwaitReturnsInt()], ids=["int", "None", "str", "bad-await"]
+)
+async def test_not_awaitable_error_is_the_one_await_gives(obj: Any) -> None:
+    """Type and wording of the error are exactly plain ``await``'s, on every
+    Python version."""
+
+    async def plain() -> None:
+        await obj
+
+    with pytest.raises(TypeError) as expected:
+        await plain()
+    with pytest.raises(TypeError) as got:
+        greenback_loop.await_(obj)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), (ValueError, ValueError(), None, None), (1,), (ValueError, ValueError(), "tb")],
+    ids=["none", "four", "not-exception", "bad-tb"],
+)
+def test_portal_throw_argument_errors_are_the_coroutines(args: tuple[Any, ...]) -> None:
+    async def body() -> None:
+        await asyncio.sleep(0)
+
+    messages = []
+    for make in (body, lambda: _impl.core.Portal(body())):
+        coro = make()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with pytest.raises(TypeError) as info:
+                coro.throw(*args)
+        messages.append(str(info.value))
+        coro.close()
+    assert messages[0] == messages[1]
