@@ -127,6 +127,19 @@ def test_no_leak_in_tasks(impl: str, loop_kind: str) -> None:
 
 
 def test_no_leak_in_portal_protocol(impl: str) -> None:
+    assert_no_growth(portal_protocol_scenario(None))
+
+
+def test_leak_check_catches_one_object_per_throw(impl: str) -> None:
+    """The check is sensitive enough to see one object leaked per throw()."""
+    hoard: list[object] = []
+    with pytest.raises(AssertionError):
+        assert_no_growth(portal_protocol_scenario(lambda: hoard.append(object())))
+
+
+def portal_protocol_scenario(leak: Callable[[], None] | None) -> Callable[[], None]:
+    """Sends, throws, closes and drops of portals, parked or not; *leak*, if
+    given, runs once per throw."""
     Portal = _impl.core.Portal
 
     @__import__("types").coroutine
@@ -157,6 +170,8 @@ def test_no_leak_in_portal_protocol(impl: str) -> None:
                 p.throw(Oops("t"))
             except Oops:
                 pass
+            if leak is not None:
+                leak()
             p = Portal(body())
             p.close()
             p = Portal(parked_body())
@@ -166,7 +181,7 @@ def test_no_leak_in_portal_protocol(impl: str) -> None:
             p.send(None)
             del p  # finalizer unwinds the parked greenlet
 
-    assert_no_growth(scenario)
+    return scenario
 
 
 def test_leak_check_detects_a_leak() -> None:

@@ -71,6 +71,19 @@ def test_suite_under_asan_and_ubsan(tmp_path: Path, impl: str) -> None:
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
         LD_PRELOAD=f"{runtime('libasan.so')} {runtime('libubsan.so')}",
     )
+    # The instrumented module is the one the suite imports.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import greenback_loop._cportal as m; print(m.__file__)"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    so = Path(probe.stdout.strip())
+    assert so.is_relative_to(copy), so
+    assert b"__asan_" in so.read_bytes() and b"__ubsan_" in so.read_bytes(), so
     proc = run_pytest(
         copy,
         env,
