@@ -719,11 +719,19 @@ portal_repr(PortalObject *self)
     return PyUnicode_FromFormat("<%s.Portal for %R>", "greenback_loop._cportal", self->coro);
 }
 
+static PyObject *
+portal_holds_greenlets_meth(PortalObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(portal_holds_greenlets(self));
+}
+
 static PyMethodDef portal_methods[] = {
     {"send", (PyCFunction)portal_send, METH_O, "send(value) -> the next yielded value"},
     {"throw", (PyCFunction)(void (*)(void))portal_throw, METH_FASTCALL,
      "throw(exc) -> raise exc in the coroutine; the next yielded value"},
     {"close", (PyCFunction)portal_close, METH_NOARGS, "close() -> raise GeneratorExit inside"},
+    {"_holds_greenlets", (PyCFunction)portal_holds_greenlets_meth, METH_NOARGS,
+     "Whether the coroutine's frames live in the portal's greenlets (parked, or pinned)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,11 +8,12 @@ core is missing is an error, not a silent fallback to the slower twin.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from types import ModuleType
 
-from . import _portal_py
+from . import _exit, _portal_py
 
 NO_EXTENSIONS = os.environ.get("GREENBACK_LOOP_NO_EXTENSIONS", "") not in ("", "0") or (
     sys.implementation.name != "cpython"
@@ -38,6 +39,9 @@ AVAILABLE: tuple[str, ...] = tuple(_cores)
 implementation: str = AVAILABLE[0]
 #: The module that implements Portal, await_ and in_portal.
 core: ModuleType = _cores[implementation]
+
+# Registered now, so it runs after the program's own atexit handlers.
+atexit.register(_exit.close_parked, core.Portal)
 
 
 def select(name: str) -> None:

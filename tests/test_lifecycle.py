@@ -359,3 +359,61 @@ def test_running_out_of_memory_with_many_tasks_parked(loop_kind: str, impl: str)
     assert proc.returncode == 1, proc.stderr[-3000:]
     tail = proc.stderr.strip().splitlines()[-3:]  # a "never awaited" warning may follow
     assert any(line.startswith(("MemoryError", "SystemError")) for line in tail), tail
+
+
+def test_exit_unwinds_parked_tasks_as_plain_asyncio(loop_kind: str, impl: str) -> None:
+    """A program that ends with tasks parked in await_ runs their finally
+    blocks, synchronous and async, as a plain program ending with the same
+    tasks pending in plain awaits does (after the program's own atexit
+    handlers)."""
+    source = """
+        import atexit
+        atexit.register(print, "user atexit")
+
+        async def plain_park(event):
+            try:
+                await event.wait()
+            finally:
+                print("sync finally")
+
+        def park(event):
+            try:
+                greenback_loop.await_(event.wait())
+            finally:
+                print("sync finally")
+
+        async def worker(event):
+            try:
+                if PLAIN:
+                    await plain_park(event)
+                else:
+                    park(event)
+            finally:
+                print("coroutine finally")
+
+        async def main():
+            event = asyncio.Event()
+            global tasks
+            tasks = [asyncio.create_task(worker(event)) for _ in range(3)]
+            await asyncio.sleep(0.01)
+            print("parked")
+
+        loop.run_until_complete(main())
+        """
+    ours = run_script(
+        "PLAIN = False\nloop = greenback_loop.new_event_loop(uvloop=UVLOOP)\n"
+        + textwrap.dedent(source),
+        loop_kind,
+        impl,
+    )
+    plain = run_script(
+        "PLAIN = True\nimport uvloop\n"
+        "loop = uvloop.new_event_loop() if UVLOOP else asyncio.SelectorEventLoop()\n"
+        + textwrap.dedent(source),
+        loop_kind,
+        impl,
+    )
+    expected = "parked\nuser atexit\n" + "sync finally\ncoroutine finally\n" * 3
+    assert plain.stdout.replace("user atexit\n", "") == expected.replace("user atexit\n", "")
+    assert ours.stdout == expected, ours.stderr
+    assert ours.returncode == 0 and "Fatal Python error" not in ours.stderr
