@@ -1,8 +1,10 @@
 """Error messages shared by the C core and its pure-Python twin.
 
-Both implementations call :func:`no_portal_error` on the (cold) path where
-``await_()`` cannot find a portal, so the diagnosis and its wording live in one
-place.
+Both implementations call :func:`await_outside_portal` on the (cold) path
+where ``await_()`` cannot find a portal, so the diagnosis and its wording live
+in one place. A leaf module: it imports nothing from the package (the C core
+imports it on first use), and tells a greenback_loop event loop by the
+:class:`PortalLoop` marker class that every such loop class derives from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ _RUN_HINT = (
     "or wrap the synchronous call in "
     "'await greenback_loop.with_portal_run_sync(fn, *args)'."
 )
+
+
+class PortalLoop:
+    """Marker base class of every event loop class whose tasks all get a
+    portal (see ``greenback_loop._loop.PortalLoopMixin``)."""
+
+    __slots__ = ()
 
 
 def await_outside_portal(aw: object, nested: bool) -> RuntimeError:
@@ -56,9 +65,7 @@ def no_portal_error(nested: bool) -> RuntimeError:
             "nested greenlets from code running inside the task, so that their "
             "parent chain leads back to it."
         )
-    from ._loop import is_portal_loop
-
-    if is_portal_loop(loop):
+    if isinstance(loop, PortalLoop):
         return RuntimeError(
             f"greenback_loop.await_() was called in task {task.get_name()!r}, "
             "which has no portal: it was constructed directly with "

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from . import _impl
+from ._errors import PortalLoop
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ def reinstall_create_tasks() -> None:
         cls.create_task = _impl.core.portal_create_task(base, wrap)  # type: ignore[attr-defined]
 
 
-class PortalLoopMixin:
+class PortalLoopMixin(PortalLoop):
     """Mixin for an event loop class whose every task gets a portal: its
     ``create_task`` wraps the coroutine, then calls the next class's
     ``create_task``. greenback_loop's own loops install a faster one bound to
@@ -73,7 +74,7 @@ install_create_task(EventLoop, _BaseEventLoop.create_task)
 
 def is_portal_loop(loop: object) -> bool:
     """Whether *loop* gives every task it creates a portal."""
-    return isinstance(loop, PortalLoopMixin)
+    return isinstance(loop, PortalLoop)
 
 
 def new_event_loop(*, uvloop: bool = False) -> asyncio.AbstractEventLoop:
