@@ -36,9 +36,8 @@ def expected_rows() -> dict[str, set[str]]:
     }
 
 
-def test_benchmarks_quick_run(tmp_path: Path, impl: str) -> None:
-    if impl != _impl.AVAILABLE[0]:
-        pytest.skip("the harness measures every core itself: run it once")
+@pytest.mark.once  # the harness measures every core itself
+def test_benchmarks_quick_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],

@@ -84,9 +84,8 @@ def test_demo_runs(impl: str) -> None:
     assert "INCONSISTENT" not in proc.stdout
 
 
-def test_docs_build_without_warnings(tmp_path: Path, impl: str) -> None:
-    if impl != _impl.AVAILABLE[0]:
-        pytest.skip("built once")
+@pytest.mark.once
+def test_docs_build_without_warnings(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -108,11 +107,10 @@ def test_docs_build_without_warnings(tmp_path: Path, impl: str) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_suite_in_asyncio_debug_mode(impl: str) -> None:
+def test_suite_in_asyncio_debug_mode() -> None:
     """The behaviour tests again with PYTHONASYNCIODEBUG=1: debug-mode loops
-    check thread affinity, track coroutine origins and time slow callbacks."""
-    if impl != _impl.AVAILABLE[0]:
-        pytest.skip("runs both cores itself: once")
+    check thread affinity, track coroutine origins and time slow callbacks.
+    (On this process's core; the twin rerun runs it on the twin.)"""
     env = dict(os.environ, PYTHONASYNCIODEBUG="1")
     tests = ROOT / "tests"
     files = ["test_await.py", "test_cancel.py", "test_errors.py", "test_portal.py", "test_tasks.py"]
