@@ -23,34 +23,22 @@ else:
 
 _iscoroutine = asyncio.iscoroutine
 _CoroutineType = types.CoroutineType
+_Portal = _impl.core.Portal
+_portal_create_task = _impl.core.portal_create_task
 
 
 def wrap(coro: Any) -> Any:
     """Give *coro* a portal, unless it has one or is no coroutine (then the
     base ``create_task`` reports it as usual)."""
-    portal_type = _impl.core.Portal
-    if type(coro) is _CoroutineType or (type(coro) is not portal_type and _iscoroutine(coro)):
-        return portal_type(coro)
+    if type(coro) is _CoroutineType or (type(coro) is not _Portal and _iscoroutine(coro)):
+        return _Portal(coro)
     return coro
 
 
-# (loop class, its base's create_task), for every class whose create_task the
-# selected core provides; re-installed when the core changes (tests).
-_portal_loop_classes: list[tuple[type, Callable[..., Any]]] = []
-
-
 def install_create_task(cls: type, base_create_task: Callable[..., Any]) -> None:
-    """Give *cls* the selected core's ``create_task`` over *base_create_task*
-    (C on CPython: spawning a task is hot)."""
-    _portal_loop_classes.append((cls, base_create_task))
-    reinstall_create_tasks()
-
-
-def reinstall_create_tasks() -> None:
-    """Give every portal loop class the selected core's ``create_task``
-    (at class creation, and after ``_impl.select()``)."""
-    for cls, base in _portal_loop_classes:
-        cls.create_task = _impl.core.portal_create_task(base, wrap)  # type: ignore[attr-defined]
+    """Give *cls* the core's ``create_task`` over *base_create_task* (in C
+    with the C core: spawning a task is hot)."""
+    cls.create_task = _portal_create_task(base_create_task, wrap)  # type: ignore[attr-defined]
 
 
 class PortalLoopMixin(PortalLoop):
@@ -72,6 +60,38 @@ class EventLoop(PortalLoopMixin, _BaseEventLoop):
 install_create_task(EventLoop, _BaseEventLoop.create_task)
 
 
+_uvloop_lock = threading.Lock()
+_uvloop_class: type | None = None
+
+
+def uvloop_loop_class() -> type:
+    """Build :class:`greenback_loop.uvloop.Loop` on first use: uvloop is
+    optional, and imported only when a uvloop-based loop is asked for.
+
+    Raises:
+        ImportError: uvloop is not installed.
+    """
+    global _uvloop_class
+    with _uvloop_lock:
+        if _uvloop_class is None:
+            try:
+                import uvloop
+            except ImportError as exc:
+                raise ImportError(
+                    "greenback_loop's uvloop loops need uvloop, which is not installed: "
+                    "pip install 'greenback_loop[uvloop]'"
+                ) from exc
+
+            class Loop(PortalLoopMixin, uvloop.Loop):  # type: ignore[misc]
+                """uvloop's event loop, with a portal in every task."""
+
+            Loop.__module__ = "greenback_loop.uvloop"
+            Loop.__qualname__ = "Loop"
+            install_create_task(Loop, uvloop.Loop.create_task)
+            _uvloop_class = Loop
+    return _uvloop_class
+
+
 def is_portal_loop(loop: object) -> bool:
     """Whether *loop* gives every task it creates a portal."""
     return isinstance(loop, PortalLoop)
@@ -88,9 +108,7 @@ def new_event_loop(*, uvloop: bool = False) -> asyncio.AbstractEventLoop:
     or ``asyncio.Runner(loop_factory=greenback_loop.new_event_loop)``.
     """
     if uvloop:
-        from . import uvloop as gb_uvloop
-
-        return gb_uvloop.new_event_loop()
+        return uvloop_loop_class()()  # type: ignore[no-any-return]
     return EventLoop()
 
 

@@ -18,7 +18,7 @@ import asyncio
 import sys
 import warnings
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import uvloop as _uvloop
@@ -28,18 +28,19 @@ except ImportError as exc:  # pragma: no cover - exercised without uvloop
         "pip install 'greenback_loop[uvloop]'"
     ) from exc
 
-from ._loop import PortalLoopMixin, install_create_task
+from ._loop import PortalLoopMixin, uvloop_loop_class
 
 __all__ = ["Loop", "new_event_loop", "run"]
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:
 
-class Loop(PortalLoopMixin, _uvloop.Loop):  # type: ignore[misc]
-    """uvloop's event loop, with a portal in every task."""
+    class Loop(PortalLoopMixin, _uvloop.Loop):  # type: ignore[misc]
+        """uvloop's event loop, with a portal in every task."""
 
-
-install_create_task(Loop, _uvloop.Loop.create_task)
+else:
+    Loop = uvloop_loop_class()  # defined with the other loops, in _loop
 
 
 def new_event_loop() -> Loop:
