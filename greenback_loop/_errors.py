@@ -10,7 +10,8 @@ imports it on first use), and tells a greenback_loop event loop by the
 from __future__ import annotations
 
 import asyncio
-import collections.abc
+import inspect
+import types
 
 _RUN_HINT = (
     "Run the program with greenback_loop.run(main()) or "
@@ -28,9 +29,14 @@ class PortalLoop:
 
 
 def await_outside_portal(aw: object, nested: bool) -> RuntimeError:
-    """What ``await_(aw)`` raises outside a portal; closes *aw* first if it is
-    a coroutine, sparing the caller a "never awaited" warning on top."""
-    if isinstance(aw, collections.abc.Coroutine):
+    """What ``await_(aw)`` raises outside a portal.
+
+    A native coroutine that never started is closed first, sparing the caller
+    a "never awaited" warning on top. Anything else is left alone: a started
+    coroutine may be another task's to finish, and a portal or another
+    awaitable object is its owner's to close.
+    """
+    if type(aw) is types.CoroutineType and inspect.getcoroutinestate(aw) == inspect.CORO_CREATED:
         aw.close()
     return no_portal_error(nested)
 
