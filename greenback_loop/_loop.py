@@ -6,7 +6,6 @@ import asyncio
 import sys
 import threading
 import types
-import warnings
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
@@ -162,17 +161,32 @@ def policy_class() -> type:
     return _policy_class
 
 
-def _make_policy_class() -> type:
-    from asyncio import events
+def _default_policy_class() -> type:
+    """The platform's default policy class (the Unix one keeps the child
+    watchers that 3.11's subprocesses need), looked up without the
+    deprecation warning that its public name gives on 3.14+."""
+    if sys.platform == "win32":  # pragma: no cover
+        from asyncio import windows_events as platform_events
+    else:
+        from asyncio import unix_events as platform_events
+    names = vars(platform_events)
+    base = names.get("_DefaultEventLoopPolicy") or names.get("DefaultEventLoopPolicy")
+    if not isinstance(base, type):  # pragma: no cover - a future asyncio
+        raise AttributeError(
+            f"asyncio.{platform_events.__name__.rpartition('.')[2]} has no default "
+            "event loop policy class: use greenback_loop.run() or "
+            "asyncio.run(main(), loop_factory=greenback_loop.new_event_loop)."
+        )
+    return base
 
-    base = getattr(events, "_BaseDefaultEventLoopPolicy", None)
-    if base is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            base = events.BaseDefaultEventLoopPolicy
+
+def _make_policy_class() -> type:
+    base = _default_policy_class()
 
     class GreenbackPolicy(base):  # type: ignore[misc,valid-type]
-        """An event loop policy whose loops give every task a portal.
+        """asyncio's default event loop policy for the platform (child
+        watchers included, on Unix before 3.14), whose loops give every task a
+        portal.
 
         For programs that still set a policy::
 
