@@ -1,15 +1,21 @@
 """The contenders (how sync code reaches the loop) and the loops they run on.
 
 A contender knows three things: which event loop to build for a loop kind,
-what to do before a measurement (select a greenback_loop core), and how to
-run a synchronous function that awaits through its bridge
-(:meth:`Contender.run_sync`).
+whether it can be measured in this process, and how to run a synchronous
+function that awaits through its bridge (:meth:`Contender.run_sync`).
+
+greenback_loop picks its core once, at import (``GREENBACK_LOOP_NO_EXTENSIONS``),
+so a ``greenback_loop[<core>]`` contender whose core is not this process's
+is measured in a subprocess that selects it (:mod:`benchmarks.worker`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +42,27 @@ def plain_loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
         return uvloop.new_event_loop  # type: ignore[no-any-return,unused-ignore]
     return asyncio.SelectorEventLoop
+
+
+def available_cores() -> list[str]:
+    """The greenback_loop cores a process can select here: the C core where
+    it is built (CPython), and the pure-Python twin."""
+    cores = ["python"]
+    if sys.implementation.name == "cpython" and importlib.util.find_spec("greenback_loop._cportal"):
+        cores.insert(0, "c")
+    return cores
+
+
+def process_core() -> str:
+    """The greenback_loop core this process selected."""
+    import greenback_loop
+
+    return str(greenback_loop.implementation)
+
+
+def core_env(core: str) -> dict[str, str]:
+    """The environment of a subprocess that selects *core*."""
+    return dict(os.environ, GREENBACK_LOOP_NO_EXTENSIONS="1" if core == "python" else "0")
 
 
 def _sqlalchemy_bridge() -> tuple[Any, Any]:
@@ -95,13 +122,18 @@ class Contender:
         except PackageNotFoundError:
             return None
 
-    def prepare(self) -> None:
-        """Called with no loop running, before every measurement."""
-        if self.kind == "greenback_loop":
-            from greenback_loop import _impl
+    @property
+    def in_process(self) -> bool:
+        """Whether this process can measure the contender (False for a
+        greenback_loop core this process did not select)."""
+        return self.kind != "greenback_loop" or self.impl == process_core()
 
+    def env(self) -> dict[str, str]:
+        """The environment of a subprocess that measures this contender."""
+        if self.kind == "greenback_loop":
             assert self.impl is not None
-            _impl.select(self.impl)
+            return core_env(self.impl)
+        return dict(os.environ)
 
     def loop_factory(self, loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
         if self.kind == "greenback_loop":
@@ -154,12 +186,15 @@ def all_contenders() -> list[Contender]:
         Contender("greenback", "greenback"),
         Contender("sqlalchemy", "sqlalchemy"),
     ]
-    try:
-        from greenback_loop import _impl
-
-        impls: tuple[str, ...] = tuple(_impl.AVAILABLE)
-    except ImportError:  # pragma: no cover - it is this repository's package
-        impls = ("python",)
-    for name in impls:
+    for name in available_cores():
         out.append(Contender(f"greenback_loop[{name}]", "greenback_loop", name))
     return [c.probe() for c in out]
+
+
+def contender_from_name(name: str) -> Contender:
+    """The contender called *name* (as in ``--contenders``), probed."""
+    if name.startswith("greenback_loop[") and name.endswith("]"):
+        return Contender(name, "greenback_loop", name[len("greenback_loop[") : -1]).probe()
+    if name in ("plain", "greenback", "sqlalchemy"):
+        return Contender(name, name).probe()
+    raise SystemExit(f"unknown contender {name!r}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
 import statistics
 import sys
@@ -18,6 +16,7 @@ from benchmarks import report
 from benchmarks.cases import Case, Params, Sample, all_cases
 from benchmarks.contenders import LOOPS, BenchmarkError, Contender, all_contenders, loop_note
 from benchmarks.memory import sample_memory
+from benchmarks.worker import run_in_loop, sample_in_subprocess
 
 DEFAULT_JSON = report.ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -142,19 +141,13 @@ def rows_for(case: Case, contenders: list[Contender]) -> list[Row]:
     return rows
 
 
-def run_in_loop(case: Case, c: Contender, variant: str | None, loop: str, params: Params) -> Sample:
-    assert case.body is not None
-    c.prepare()
-    gc.collect()
-    with asyncio.Runner(loop_factory=c.loop_factory(loop)) as runner:
-        return runner.run(case.body(c, variant, params))  # type: ignore[arg-type]
-
-
 def measure(case: Case, row: Row, loop: str, params: Params) -> Sample:
     label, c, variant = row
     try:
         if case.body is None:
             return sample_memory(c, loop, "idle" if case.id == "f.idle" else "await_", params)
+        if not c.in_process:
+            return sample_in_subprocess(case, c, variant, loop, params)
         return run_in_loop(case, c, variant, loop, params)
     except Exception as exc:
         raise BenchmarkError(f"case {case.id} on {loop}, contender {label}: {exc}") from exc
@@ -174,8 +167,9 @@ def measure_case(
 ) -> list[dict[str, Any]]:
     samples: dict[str, list[Sample]] = {label: [] for label, _, _ in rows}
     if case.body is not None:
-        for row in rows:  # one warm-up run each
-            measure(case, row, loop, params)
+        for row in rows:  # one warm-up run each (a subprocess sample warms up itself)
+            if row[1].in_process:
+                measure(case, row, loop, params)
     for _ in range(repeats):  # rounds: every row once per round
         for row in rows:
             samples[row[0]].append(measure(case, row, loop, params))

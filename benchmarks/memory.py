@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import Params, Sample
-from benchmarks.contenders import BenchmarkError, Contender, check
+from benchmarks.contenders import (
+    BenchmarkError,
+    Contender,
+    check,
+    contender_from_name,
+    process_core,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_TASKS = 100
@@ -34,14 +40,6 @@ def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         resident_pages = int(f.read().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def contender_from_name(name: str) -> Contender:
-    if name.startswith("greenback_loop[") and name.endswith("]"):
-        return Contender(name, "greenback_loop", name[len("greenback_loop[") : -1]).probe()
-    if name in ("plain", "greenback", "sqlalchemy"):
-        return Contender(name, name).probe()
-    raise SystemExit(f"unknown contender {name!r}")
 
 
 async def park_tasks(c: Contender, variant: str, m: int) -> dict[str, Any]:
@@ -105,7 +103,8 @@ def worker(argv: list[str] | None = None) -> int:
     c = contender_from_name(args.contender)
     if c.skip:
         raise SystemExit(c.skip)
-    c.prepare()
+    if not c.in_process:
+        raise SystemExit(f"{c.name}: this process selected greenback_loop[{process_core()}]")
     with asyncio.Runner(loop_factory=c.loop_factory(args.loop)) as runner:
         out = runner.run(park_tasks(c, args.variant, args.tasks))
     out["bytes_per_task"] = (out["rss_after"] - out["rss_before"]) / out["tasks"]
@@ -127,7 +126,7 @@ def sample_memory(c: Contender, loop: str, variant: str, p: Params) -> Sample:
         "--tasks",
         str(p.memory_tasks),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=c.env(), capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise BenchmarkError(
             f"memory worker failed ({' '.join(cmd[1:])}), exit {proc.returncode}:\n{proc.stdout}{proc.stderr}"

@@ -67,7 +67,7 @@ def git_revision() -> str | None:
 
 def collect_metadata() -> dict[str, Any]:
     import greenback_loop
-    from greenback_loop import _impl
+    from benchmarks.contenders import available_cores
 
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -86,7 +86,8 @@ def collect_metadata() -> dict[str, Any]:
             "greenback": dist_version("greenback"),
             "sqlalchemy": dist_version("SQLAlchemy"),
         },
-        "greenback_loop_cores": list(_impl.AVAILABLE),
+        "greenback_loop_cores": available_cores(),
+        "greenback_loop_process_core": greenback_loop.implementation,
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from . import _impl
 from ._api import (
     bestow_portal,
+    decorate_as_sync,
     ensure_portal,
     has_portal,
     portals_for_children,
@@ -29,7 +30,7 @@ from ._api import (
     with_portal_run_tree,
 )
 from ._loop import EventLoop, new_event_loop, run
-from ._util import async_context, async_iter, autoawait, decorate_as_sync
+from ._util import async_context, async_iter, autoawait
 
 __version__ = "0.1.0.dev0"
 

@@ -1,18 +1,22 @@
-"""greenback 1.x's portal functions, on top of the portal core."""
+"""greenback 1.x's portal functions and ``decorate_as_sync``, on top of the
+portal core and the loops."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from . import _impl
 from ._errors import no_retrofit_error
 from ._loop import is_portal_loop
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 
 # Tasks that are inside with_portal_run()/with_portal_run_sync() right now,
 # with how many such calls are active in each.
@@ -181,3 +185,41 @@ async def portals_for_tree() -> AsyncIterator[None]:
     _require_tree_portals("portals_for_tree()")
     await ensure_portal()
     yield
+
+
+@overload
+def decorate_as_sync(decorator: Callable[[F], F]) -> Callable[[AF], AF]: ...
+@overload
+def decorate_as_sync(
+    decorator: Callable[..., Any],
+) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]: ...
+
+
+def decorate_as_sync(decorator: Any) -> Any:
+    """Adapt a decorator written for synchronous functions so it can decorate
+    an async function.
+
+    The async function is wrapped in a sync one (which runs it with
+    :func:`await_`), that is decorated, and the result is called through
+    :func:`with_portal_run_sync` by the async function returned::
+
+        @greenback_loop.decorate_as_sync(functools.lru_cache(maxsize=64))
+        async def lookup(key): ...
+
+    caches results, where ``lru_cache`` alone would cache coroutine objects.
+    """
+
+    def decorate(async_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(async_fn)
+        def as_sync(*args: Any, **kwds: Any) -> Any:
+            return _impl.core.await_(async_fn(*args, **kwds))
+
+        decorated = decorator(as_sync)
+
+        @functools.wraps(decorated)
+        async def as_async(*args: Any, **kwds: Any) -> Any:
+            return await with_portal_run_sync(decorated, *args, **kwds)
+
+        return as_async
+
+    return decorate

@@ -1,14 +1,17 @@
 """Error messages shared by the C core and its pure-Python twin.
 
-Both implementations call :func:`no_portal_error` on the (cold) path where
-``await_()`` cannot find a portal, so the diagnosis and its wording live in one
-place.
+Both implementations call :func:`await_outside_portal` on the (cold) path
+where ``await_()`` cannot find a portal, so the diagnosis and its wording live
+in one place. A leaf module: it imports nothing from the package (the C core
+imports it on first use), and tells a greenback_loop event loop by the
+:class:`PortalLoop` marker class that every such loop class derives from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections.abc
+import inspect
+import types
 
 _RUN_HINT = (
     "Run the program with greenback_loop.run(main()) or "
@@ -18,10 +21,22 @@ _RUN_HINT = (
 )
 
 
+class PortalLoop:
+    """Marker base class of every event loop class whose tasks all get a
+    portal (see ``greenback_loop._loop.PortalLoopMixin``)."""
+
+    __slots__ = ()
+
+
 def await_outside_portal(aw: object, nested: bool) -> RuntimeError:
-    """What ``await_(aw)`` raises outside a portal; closes *aw* first if it is
-    a coroutine, sparing the caller a "never awaited" warning on top."""
-    if isinstance(aw, collections.abc.Coroutine):
+    """What ``await_(aw)`` raises outside a portal.
+
+    A native coroutine that never started is closed first, sparing the caller
+    a "never awaited" warning on top. Anything else is left alone: a started
+    coroutine may be another task's to finish, and a portal or another
+    awaitable object is its owner's to close.
+    """
+    if type(aw) is types.CoroutineType and inspect.getcoroutinestate(aw) == inspect.CORO_CREATED:
         aw.close()
     return no_portal_error(nested)
 
@@ -56,9 +71,7 @@ def no_portal_error(nested: bool) -> RuntimeError:
             "nested greenlets from code running inside the task, so that their "
             "parent chain leads back to it."
         )
-    from ._loop import is_portal_loop
-
-    if is_portal_loop(loop):
+    if isinstance(loop, PortalLoop):
         return RuntimeError(
             f"greenback_loop.await_() was called in task {task.get_name()!r}, "
             "which has no portal: it was constructed directly with "

@@ -6,12 +6,12 @@ import asyncio
 import sys
 import threading
 import types
-import warnings
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
 from . import _impl
+from ._errors import PortalLoop
 
 T = TypeVar("T")
 
@@ -22,37 +22,25 @@ else:
 
 _iscoroutine = asyncio.iscoroutine
 _CoroutineType = types.CoroutineType
+_Portal = _impl.core.Portal
+_portal_create_task = _impl.core.portal_create_task
 
 
 def wrap(coro: Any) -> Any:
     """Give *coro* a portal, unless it has one or is no coroutine (then the
     base ``create_task`` reports it as usual)."""
-    portal_type = _impl.core.Portal
-    if type(coro) is _CoroutineType or (type(coro) is not portal_type and _iscoroutine(coro)):
-        return portal_type(coro)
+    if type(coro) is _CoroutineType or (type(coro) is not _Portal and _iscoroutine(coro)):
+        return _Portal(coro)
     return coro
 
 
-# (loop class, its base's create_task), for every class whose create_task the
-# selected core provides; re-installed when the core changes (tests).
-_portal_loop_classes: list[tuple[type, Callable[..., Any]]] = []
-
-
 def install_create_task(cls: type, base_create_task: Callable[..., Any]) -> None:
-    """Give *cls* the selected core's ``create_task`` over *base_create_task*
-    (C on CPython: spawning a task is hot)."""
-    _portal_loop_classes.append((cls, base_create_task))
-    reinstall_create_tasks()
+    """Give *cls* the core's ``create_task`` over *base_create_task* (in C
+    with the C core: spawning a task is hot)."""
+    cls.create_task = _portal_create_task(base_create_task, wrap)  # type: ignore[attr-defined]
 
 
-def reinstall_create_tasks() -> None:
-    """Give every portal loop class the selected core's ``create_task``
-    (at class creation, and after ``_impl.select()``)."""
-    for cls, base in _portal_loop_classes:
-        cls.create_task = _impl.core.portal_create_task(base, wrap)  # type: ignore[attr-defined]
-
-
-class PortalLoopMixin:
+class PortalLoopMixin(PortalLoop):
     """Mixin for an event loop class whose every task gets a portal: its
     ``create_task`` wraps the coroutine, then calls the next class's
     ``create_task``. greenback_loop's own loops install a faster one bound to
@@ -71,9 +59,41 @@ class EventLoop(PortalLoopMixin, _BaseEventLoop):
 install_create_task(EventLoop, _BaseEventLoop.create_task)
 
 
+_uvloop_lock = threading.Lock()
+_uvloop_class: type | None = None
+
+
+def uvloop_loop_class() -> type:
+    """Build :class:`greenback_loop.uvloop.Loop` on first use: uvloop is
+    optional, and imported only when a uvloop-based loop is asked for.
+
+    Raises:
+        ImportError: uvloop is not installed.
+    """
+    global _uvloop_class
+    with _uvloop_lock:
+        if _uvloop_class is None:
+            try:
+                import uvloop
+            except ImportError as exc:
+                raise ImportError(
+                    "greenback_loop's uvloop loops need uvloop, which is not installed: "
+                    "pip install 'greenback_loop[uvloop]'"
+                ) from exc
+
+            class Loop(PortalLoopMixin, uvloop.Loop):  # type: ignore[misc]
+                """uvloop's event loop, with a portal in every task."""
+
+            Loop.__module__ = "greenback_loop.uvloop"
+            Loop.__qualname__ = "Loop"
+            install_create_task(Loop, uvloop.Loop.create_task)
+            _uvloop_class = Loop
+    return _uvloop_class
+
+
 def is_portal_loop(loop: object) -> bool:
     """Whether *loop* gives every task it creates a portal."""
-    return isinstance(loop, PortalLoopMixin)
+    return isinstance(loop, PortalLoop)
 
 
 def new_event_loop(*, uvloop: bool = False) -> asyncio.AbstractEventLoop:
@@ -87,9 +107,7 @@ def new_event_loop(*, uvloop: bool = False) -> asyncio.AbstractEventLoop:
     or ``asyncio.Runner(loop_factory=greenback_loop.new_event_loop)``.
     """
     if uvloop:
-        from . import uvloop as gb_uvloop
-
-        return gb_uvloop.new_event_loop()
+        return uvloop_loop_class()()  # type: ignore[no-any-return]
     return EventLoop()
 
 
@@ -143,17 +161,32 @@ def policy_class() -> type:
     return _policy_class
 
 
-def _make_policy_class() -> type:
-    from asyncio import events
+def _default_policy_class() -> type:
+    """The platform's default policy class (the Unix one keeps the child
+    watchers that 3.11's subprocesses need), looked up without the
+    deprecation warning that its public name gives on 3.14+."""
+    if sys.platform == "win32":  # pragma: no cover
+        from asyncio import windows_events as platform_events
+    else:
+        from asyncio import unix_events as platform_events
+    names = vars(platform_events)
+    base = names.get("_DefaultEventLoopPolicy") or names.get("DefaultEventLoopPolicy")
+    if not isinstance(base, type):  # pragma: no cover - a future asyncio
+        raise AttributeError(
+            f"asyncio.{platform_events.__name__.rpartition('.')[2]} has no default "
+            "event loop policy class: use greenback_loop.run() or "
+            "asyncio.run(main(), loop_factory=greenback_loop.new_event_loop)."
+        )
+    return base
 
-    base = getattr(events, "_BaseDefaultEventLoopPolicy", None)
-    if base is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            base = events.BaseDefaultEventLoopPolicy
+
+def _make_policy_class() -> type:
+    base = _default_policy_class()
 
     class GreenbackPolicy(base):  # type: ignore[misc,valid-type]
-        """An event loop policy whose loops give every task a portal.
+        """asyncio's default event loop policy for the platform (child
+        watchers included, on Unix before 3.14), whose loops give every task a
+        portal.
 
         For programs that still set a policy::
 

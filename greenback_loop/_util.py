@@ -12,14 +12,11 @@ from collections.abc import (
     Iterator,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, TypeVar, cast
 
 from . import _impl
-from ._api import with_portal_run_sync
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 
 
 def _await(aw: Awaitable[T]) -> T:
@@ -43,44 +40,6 @@ def autoawait(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
         return _await(fn(*args, **kwds))
 
     return wrapper
-
-
-@overload
-def decorate_as_sync(decorator: Callable[[F], F]) -> Callable[[AF], AF]: ...
-@overload
-def decorate_as_sync(
-    decorator: Callable[..., Any],
-) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]: ...
-
-
-def decorate_as_sync(decorator: Any) -> Any:
-    """Adapt a decorator written for synchronous functions so it can decorate
-    an async function.
-
-    The async function is wrapped in a sync one (which runs it with
-    :func:`await_`), that is decorated, and the result is called through
-    :func:`with_portal_run_sync` by the async function returned::
-
-        @greenback_loop.decorate_as_sync(functools.lru_cache(maxsize=64))
-        async def lookup(key): ...
-
-    caches results, where ``lru_cache`` alone would cache coroutine objects.
-    """
-
-    def decorate(async_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(async_fn)
-        def as_sync(*args: Any, **kwds: Any) -> Any:
-            return _await(async_fn(*args, **kwds))
-
-        decorated = decorator(as_sync)
-
-        @functools.wraps(decorated)
-        async def as_async(*args: Any, **kwds: Any) -> Any:
-            return await with_portal_run_sync(decorated, *args, **kwds)
-
-        return as_async
-
-    return decorate
 
 
 class async_context(Generic[T]):

@@ -18,7 +18,7 @@ import asyncio
 import sys
 import warnings
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import uvloop as _uvloop
@@ -28,18 +28,19 @@ except ImportError as exc:  # pragma: no cover - exercised without uvloop
         "pip install 'greenback_loop[uvloop]'"
     ) from exc
 
-from ._loop import PortalLoopMixin, install_create_task
+from ._loop import PortalLoopMixin, uvloop_loop_class
 
 __all__ = ["Loop", "new_event_loop", "run"]
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:
 
-class Loop(PortalLoopMixin, _uvloop.Loop):  # type: ignore[misc]
-    """uvloop's event loop, with a portal in every task."""
+    class Loop(PortalLoopMixin, _uvloop.Loop):  # type: ignore[misc]
+        """uvloop's event loop, with a portal in every task."""
 
-
-install_create_task(Loop, _uvloop.Loop.create_task)
+else:
+    Loop = uvloop_loop_class()  # defined with the other loops, in _loop
 
 
 def new_event_loop() -> Loop:
@@ -56,32 +57,41 @@ def run(
 ) -> T:
     """Run *main* on a uvloop loop with portals, like ``uvloop.run()``.
 
+    Bad arguments raise what ``uvloop.run()`` raises, with its messages.
+
     Raises:
         RuntimeError: called while an event loop is running in this thread.
-        TypeError: *loop_factory* made a loop that is not a greenback_loop
-            uvloop loop.
+        TypeError: *main* cannot be awaited, or *loop_factory* made a loop
+            that is not a greenback_loop uvloop loop.
     """
 
-    async def checked() -> T:
+    async def wrapper() -> T:
         loop = asyncio.get_running_loop()
         if not isinstance(loop, Loop):
             close = getattr(main, "close", None)
             if close is not None:
                 close()  # spare a "never awaited" warning on top of the error
-            raise TypeError(
-                "greenback_loop.uvloop.run() needs a loop_factory that returns "
-                f"greenback_loop.uvloop.Loop instances, got {type(loop).__qualname__}"
-            )
+            if isinstance(loop, _uvloop.Loop):
+                raise TypeError(
+                    "greenback_loop.uvloop.run() needs a loop_factory that returns "
+                    "greenback_loop.uvloop.Loop instances: the tasks of a plain "
+                    "uvloop.Loop have no portals"
+                )
+            raise TypeError("uvloop.run() uses a non-uvloop event loop")  # as uvloop says
         return await main
 
+    if asyncio._get_running_loop() is not None:
+        # asyncio.run()'s words, which uvloop.run() raises too
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+    coro = wrapper()
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise RuntimeError("greenback_loop.uvloop.run() cannot be called from a running event loop")
-    with asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
-        return runner.run(checked())
+        # what uvloop.run() calls, so that bad arguments fail the same way
+        if sys.version_info >= (3, 12):
+            return asyncio.run(coro, loop_factory=loop_factory, debug=debug, **run_kwargs)
+        with asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
+            return runner.run(coro)
+    finally:
+        coro.close()  # a no-op, unless the arguments were refused before it ran
 
 
 _deprecated_names = ("install", "EventLoopPolicy")

@@ -1,8 +1,12 @@
-"""Test axes: implementation (session-wide) and event loop (per test).
+"""Test axes: implementation (per process) and event loop (per test).
 
-Every test runs once per implementation of the portal core; every async test
-runs on greenback_loop's asyncio loop and on its uvloop loop. Sync tests that
-build their own loops take the ``loop_kind`` fixture.
+The suite runs against the portal core this process selected: the C core on
+CPython, the pure-Python twin under ``GREENBACK_LOOP_NO_EXTENSIONS=1`` (or
+off CPython). tests/test_twin_suite.py runs the whole suite again in a
+subprocess with the twin; tests marked ``once`` (they do not depend on the
+core, or compare both cores themselves) are skipped in that rerun. Every
+async test runs on greenback_loop's asyncio loop and on its uvloop loop. Sync
+tests that build their own loops take the ``loop_kind`` fixture.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import os
 import sys
+import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -20,6 +26,27 @@ import greenback_loop
 from greenback_loop import _impl
 
 LOOP_KINDS = ("asyncio", "uvloop")
+
+#: Set in the environment of the twin rerun (tests/test_twin_suite.py).
+TWIN_RUN_ENV = "GREENBACK_LOOP_TWIN_RUN"
+IN_TWIN_RUN = os.environ.get(TWIN_RUN_ENV, "") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "once: independent of the portal core (or compares both cores itself); "
+        "skipped in the twin rerun",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not IN_TWIN_RUN:
+        return
+    skip = pytest.mark.skip(reason="runs once, in the main run")
+    for item in items:
+        if item.get_closest_marker("once") is not None:
+            item.add_marker(skip)
 
 
 def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -40,11 +67,44 @@ def pytest_asyncio_loop_factories(
     return {kind: loop_factory(kind) for kind in LOOP_KINDS}
 
 
-@pytest.fixture(scope="session", params=_impl.AVAILABLE, autouse=True)
-def impl(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The portal core under test; switches the whole package to it."""
-    _impl.select(request.param)
-    yield request.param
+@pytest.fixture(scope="session")
+def impl() -> str:
+    """The portal core under test: the one this process selected, ``"c"`` or
+    ``"python"``."""
+    return _impl.implementation
+
+
+def core_loop_factory(core: types.ModuleType, kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A factory of greenback_loop loops (asyncio or uvloop) whose tasks get
+    their portals from *core* (``greenback_loop._cportal`` or
+    ``greenback_loop._portal_py``), independently of the core the process
+    selected.
+
+    For tests that compare both cores in one process: sync code in such a
+    loop's tasks must call ``core.await_``.
+    """
+    if kind == "uvloop":
+        import uvloop
+
+        import greenback_loop.uvloop as gb_uvloop
+
+        base: type = gb_uvloop.Loop
+        base_create_task = uvloop.Loop.create_task
+    else:
+        base = greenback_loop.EventLoop
+        base_create_task = asyncio.BaseEventLoop.create_task
+
+    def wrap(coro: Any) -> Any:
+        if type(coro) is not core.Portal and asyncio.iscoroutine(coro):
+            return core.Portal(coro)
+        return coro
+
+    cls = type(
+        f"{base.__name__}Over{core.__name__.rpartition('.')[2]}",
+        (base,),
+        {"create_task": core.portal_create_task(base_create_task, wrap)},
+    )
+    return cls  # type: ignore[no-any-return]
 
 
 @pytest.fixture(params=LOOP_KINDS)
@@ -99,7 +159,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     import uvloop
 
     return (
-        f"greenback_loop {greenback_loop.__version__} implementations "
-        f"{', '.join(_impl.AVAILABLE)}; greenlet {greenlet.__version__}; "
+        f"greenback_loop {greenback_loop.__version__} core {_impl.implementation}"
+        f"{' (twin rerun)' if IN_TWIN_RUN else ''}; greenlet {greenlet.__version__}; "
         f"uvloop {uvloop.__version__}; Python {sys.version.split()[0]}"
     )

@@ -1,18 +1,25 @@
 """The same programs through the C core and the pure-Python twin give the
-same results, the same exceptions and the same user tracebacks."""
+same results, the same exceptions and the same user tracebacks.
+
+Both cores are imported side by side and each program runs on loops whose
+tasks get their portals from one of them (``conftest.core_loop_factory``),
+independently of the core the process selected; their sync code calls that
+core's ``await_``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import traceback
-from collections.abc import Callable, Iterator
+import types
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-import greenback_loop
-from greenback_loop import _impl
+from conftest import core_loop_factory
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="-")
 
@@ -32,39 +39,39 @@ async def fail_after(n: int) -> None:
     raise Failure(f"failed after {n}")
 
 
-def sync_sum(n: int) -> int:
-    return sum(greenback_loop.await_(ticks(i)) for i in range(n))
+def sync_sum(core: types.ModuleType, n: int) -> int:
+    return sum(core.await_(ticks(i)) for i in range(n))
 
 
-def sync_fail(n: int) -> None:
-    greenback_loop.await_(fail_after(n))
+def sync_fail(core: types.ModuleType, n: int) -> None:
+    core.await_(fail_after(n))
 
 
-async def program_values() -> Any:
+async def program_values(core: types.ModuleType) -> Any:
     async def worker(i: int) -> tuple[int, str]:
         var.set(f"w{i}")
-        total = sync_sum(i)
+        total = sync_sum(core, i)
         return total, var.get()
 
     return await asyncio.gather(*(worker(i) for i in range(6)))
 
 
-async def program_exceptions() -> Any:
+async def program_exceptions(core: types.ModuleType) -> Any:
     async def worker(i: int) -> None:
-        sync_fail(i)
+        sync_fail(core, i)
 
     return await asyncio.gather(*(worker(i) for i in range(3)), return_exceptions=True)
 
 
-async def program_cancellation() -> Any:
+async def program_cancellation(core: types.ModuleType) -> Any:
     log: list[str] = []
 
     def parked() -> None:
         try:
-            greenback_loop.await_(asyncio.sleep(10))
+            core.await_(asyncio.sleep(10))
         except asyncio.CancelledError:
             log.append("cancelled")
-            greenback_loop.await_(asyncio.sleep(0))
+            core.await_(asyncio.sleep(0))
             log.append("cleanup awaited")
             raise
 
@@ -81,17 +88,17 @@ async def program_cancellation() -> Any:
     return log
 
 
-async def program_errors() -> Any:
+async def program_errors(core: types.ModuleType) -> Any:
     outcomes = []
     for bad in (42, object()):
         try:
-            greenback_loop.await_(bad)
+            core.await_(bad)
         except BaseException as exc:
             outcomes.append(exc)
 
     def in_callback() -> None:
         try:
-            greenback_loop.await_(asyncio.sleep(0))
+            core.await_(asyncio.sleep(0))
         except BaseException as exc:
             outcomes.append(exc)
 
@@ -100,10 +107,8 @@ async def program_errors() -> Any:
     return outcomes
 
 
-async def program_throw_signatures() -> Any:
-    from greenback_loop import _impl
-
-    @__import__("types").coroutine
+async def program_throw_signatures(core: types.ModuleType) -> Any:
+    @types.coroutine
     def suspend() -> Any:
         yield
 
@@ -112,11 +117,9 @@ async def program_throw_signatures() -> Any:
 
     outcomes = []
     for args in [(ValueError("v"),), (ValueError,), (42,), (ValueError("v"), "x")]:
-        portal = _impl.core.Portal(body())
+        portal = core.Portal(body())
         portal.send(None)
         try:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 portal.throw(*args)
@@ -126,7 +129,7 @@ async def program_throw_signatures() -> Any:
     return outcomes
 
 
-PROGRAMS: list[Callable[[], Any]] = [
+PROGRAMS: list[Callable[[types.ModuleType], Any]] = [
     program_values,
     program_exceptions,
     program_cancellation,
@@ -150,23 +153,46 @@ def describe(value: Any) -> Any:
     return value
 
 
-@pytest.fixture
-def both_cores(impl: str) -> Iterator[list[str]]:
-    if len(_impl.AVAILABLE) < 2:
-        pytest.skip("needs both cores (the C core is not built here)")
-    if impl != _impl.AVAILABLE[0]:
-        pytest.skip("compares both cores itself: runs once")
-    yield list(_impl.AVAILABLE)
-    _impl.select(impl)
+CORES = {"c": "greenback_loop._cportal", "python": "greenback_loop._portal_py"}
 
 
+@pytest.fixture(scope="module")
+def cores() -> dict[str, types.ModuleType]:
+    """Both cores, imported side by side."""
+    try:
+        return {name: importlib.import_module(mod) for name, mod in CORES.items()}
+    except ImportError as exc:
+        pytest.skip(f"needs both cores (the C core is not built here: {exc})")
+
+
+@pytest.mark.once
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.__name__)
-def test_same_behaviour(both_cores: list[str], run: Any, program: Callable[[], Any]) -> None:
+def test_same_behaviour(
+    cores: dict[str, types.ModuleType], loop_kind: str, program: Callable[[types.ModuleType], Any]
+) -> None:
     seen = {}
-    for name in both_cores:
-        _impl.select(name)
+    for name, core in cores.items():
         try:
-            seen[name] = describe(run(program()))
+            with asyncio.Runner(loop_factory=core_loop_factory(core, loop_kind)) as runner:
+                seen[name] = describe(runner.run(program(core)))
         except BaseException as exc:
             seen[name] = ("raised", describe(exc))
     assert seen["c"] == seen["python"]
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("name", CORES)
+def test_core_loops_use_their_core(
+    cores: dict[str, types.ModuleType], loop_kind: str, name: str
+) -> None:
+    """The comparison above is between the two cores, not one core twice."""
+    core = cores[name]
+    other = cores["python" if name == "c" else "c"]
+
+    async def main() -> tuple[bool, bool, bool]:
+        task = asyncio.current_task()
+        assert task is not None
+        return type(task.get_coro()) is core.Portal, core.in_portal(), other.in_portal()
+
+    with asyncio.Runner(loop_factory=core_loop_factory(core, loop_kind)) as runner:
+        assert runner.run(main()) == (True, True, False)

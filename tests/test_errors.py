@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import inspect
 import threading
 from typing import Any
 
 import pytest
 
 import greenback_loop
+from greenback_loop import _impl
 
 
 async def answer() -> int:
@@ -53,6 +56,75 @@ async def test_other_thread() -> None:
     exc = await asyncio.to_thread(in_thread)
     assert isinstance(exc, RuntimeError)
     assert "run_coroutine_threadsafe" in str(exc)
+
+
+async def test_outside_portal_leaves_a_suspended_coroutine_to_its_task() -> None:
+    """await_() outside a portal closes only a coroutine that never started:
+    one that another task is suspended in goes on, and that task finishes it."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    async def inner() -> str:
+        await event.wait()
+        return "inner result"
+
+    c = inner()
+
+    async def task_a() -> str:
+        return await c
+
+    a = asyncio.create_task(task_a())
+    await asyncio.sleep(0)
+    assert inspect.getcoroutinestate(c) == inspect.CORO_SUSPENDED
+    caught: asyncio.Future[BaseException] = loop.create_future()
+
+    def callback() -> None:
+        try:
+            greenback_loop.await_(c)
+        except BaseException as exc:
+            caught.set_result(exc)
+
+    loop.call_soon(callback)
+    exc = await caught
+    assert isinstance(exc, RuntimeError) and "outside of any task" in str(exc)
+    assert inspect.getcoroutinestate(c) == inspect.CORO_SUSPENDED
+    event.set()
+    assert await a == "inner result"
+
+
+def test_outside_portal_closes_only_never_started_coroutines() -> None:
+    started = answer()
+    started.send(None)  # suspended in its sleep(0)
+    never = answer()
+    portal = _impl.core.Portal(answer())
+    closed: list[str] = []
+
+    class CoroutineLike(collections.abc.Coroutine[Any, Any, int]):
+        def send(self, value: Any) -> Any:
+            raise StopIteration(1)
+
+        def throw(self, *args: Any) -> Any:
+            raise StopIteration(1)
+
+        def close(self) -> None:
+            closed.append("close")
+
+        def __await__(self) -> Any:
+            return self
+
+        def __next__(self) -> Any:
+            return self.send(None)
+
+    for aw in (started, never, portal, CoroutineLike()):
+        with pytest.raises(RuntimeError, match="no event loop running"):
+            greenback_loop.await_(aw)
+    assert inspect.getcoroutinestate(never) == inspect.CORO_CLOSED
+    assert inspect.getcoroutinestate(started) == inspect.CORO_SUSPENDED
+    assert portal.cr_frame is not None  # never started, not closed either
+    assert closed == []
+    with pytest.raises(StopIteration):
+        started.send(None)
+    portal.close()
 
 
 def test_plain_loop_task(run_plain: Any) -> None:
@@ -135,8 +207,6 @@ def test_bestow_portal_type_error() -> None:
 
 
 async def test_portal_rejects_non_coroutine() -> None:
-    from greenback_loop import _impl
-
     with pytest.raises(TypeError, match="must be a coroutine, not int"):
         _impl.core.Portal(42)
 

@@ -34,10 +34,28 @@ def test_c_core_is_loaded_and_default() -> None:
         env={k: v for k, v in os.environ.items() if k != "GREENBACK_LOOP_NO_EXTENSIONS"},
     )
     assert out.stdout.strip() == "c"
-    assert _impl.AVAILABLE == ("c", "python")
     from greenback_loop import _cportal
 
     assert _cportal.Portal.__module__ == "greenback_loop._cportal"
+    assert _impl.implementation == "c" and _impl.core is _cportal
+    assert greenback_loop.await_ is _cportal.await_
+
+
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or _impl.NO_EXTENSIONS,
+    reason="the C core is built on CPython unless GREENBACK_LOOP_NO_EXTENSIONS is set",
+)
+def test_c_core_does_not_import_the_twin() -> None:
+    code = (
+        "import greenback_loop, greenback_loop.uvloop, sys; "
+        "assert greenback_loop.implementation == 'c'; "
+        "assert 'greenback_loop._portal_py' not in sys.modules, 'twin imported'"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GREENBACK_LOOP_NO_EXTENSIONS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_no_extensions_env_selects_python_core(impl: str) -> None:
@@ -52,10 +70,42 @@ def test_no_extensions_env_selects_python_core(impl: str) -> None:
     assert out.stdout.strip() == "python"
 
 
-def test_unknown_implementation_rejected(impl: str) -> None:
-    with pytest.raises(ValueError, match="unknown or unavailable implementation 'fortran'"):
-        _impl.select("fortran")
-    assert greenback_loop.implementation == impl
+def test_package_modules_import_one_way() -> None:
+    """Public API > loops and helpers > core selection > C core | twin;
+    _errors and _exit are leaves (the C core imports only _errors). A module that imports
+    its own layer or one above, at module level or in a function, fails."""
+    import ast
+
+    order = {
+        "demo": 6,
+        "__init__": 5,
+        "_api": 4,
+        "uvloop": 4,
+        "_loop": 3,
+        "_util": 3,
+        "_impl": 2,
+        "_portal_py": 1,
+        "_exit": 0,
+        "_errors": 0,
+    }
+    pkg = ROOT / "greenback_loop"
+    for path in sorted(pkg.glob("*.py")):
+        name = path.stem
+        assert name in order, f"{name}: give the new module a layer in this test"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module == "greenback_loop":
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "greenback_loop."
+            ):
+                targets = [node.module.split(".", 1)[1]]  # type: ignore[union-attr]
+            else:
+                continue
+            for target in targets:
+                if target in order:
+                    assert order[target] < order[name], f"greenback_loop/{name}.py imports {target}"
 
 
 def test_demo_runs(impl: str) -> None:
@@ -84,9 +134,8 @@ def test_demo_runs(impl: str) -> None:
     assert "INCONSISTENT" not in proc.stdout
 
 
-def test_docs_build_without_warnings(tmp_path: Path, impl: str) -> None:
-    if impl != _impl.AVAILABLE[0]:
-        pytest.skip("built once")
+@pytest.mark.once
+def test_docs_build_without_warnings(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -108,11 +157,10 @@ def test_docs_build_without_warnings(tmp_path: Path, impl: str) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_suite_in_asyncio_debug_mode(impl: str) -> None:
+def test_suite_in_asyncio_debug_mode() -> None:
     """The behaviour tests again with PYTHONASYNCIODEBUG=1: debug-mode loops
-    check thread affinity, track coroutine origins and time slow callbacks."""
-    if impl != _impl.AVAILABLE[0]:
-        pytest.skip("runs both cores itself: once")
+    check thread affinity, track coroutine origins and time slow callbacks.
+    (On this process's core; the twin rerun runs it on the twin.)"""
     env = dict(os.environ, PYTHONASYNCIODEBUG="1")
     tests = ROOT / "tests"
     files = ["test_await.py", "test_cancel.py", "test_errors.py", "test_portal.py", "test_tasks.py"]

@@ -35,9 +35,7 @@ def runtime(name: str) -> str:
     sys.implementation.name != "cpython" or _impl.NO_EXTENSIONS or sys.platform != "linux",
     reason="the sanitizer build is the C core's, on Linux with gcc",
 )
-def test_suite_under_asan_and_ubsan(tmp_path: Path, impl: str) -> None:
-    if impl != _impl.AVAILABLE[0]:
-        pytest.skip("runs the whole suite itself: once")
+def test_suite_under_asan_and_ubsan(tmp_path: Path) -> None:
     copy = tmp_path / "src"
     for part in (
         "greenback_loop",
@@ -90,7 +88,7 @@ def test_suite_under_asan_and_ubsan(tmp_path: Path, impl: str) -> None:
         "-x",
         "tests",
         "-k",
-        "not sanitizers and not docs and not benchmarks and not leak",
+        "not sanitizers and not twin_suite and not docs and not benchmarks and not leak",
     )
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail

@@ -263,6 +263,64 @@ def test_policy(loop_kind: str) -> None:
             asyncio.set_event_loop_policy(old)
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 16), reason="policies removed in 3.16")
+def test_policy_runs_subprocesses(loop_kind: str) -> None:
+    """GreenbackPolicy is the platform's default policy with our loops: on
+    3.11 that includes its child watcher, which subprocesses need."""
+    import warnings
+
+    def sync_layer() -> tuple[bytes, int]:
+        async def spawn() -> tuple[bytes, int]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "print(1)", stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            return out, await proc.wait()
+
+        return greenback_loop.await_(spawn())
+
+    async def main() -> tuple[bytes, int]:
+        assert greenback_loop.has_portal()
+        return sync_layer()
+
+    policy = greenback_loop.GreenbackPolicy(uvloop=loop_kind == "uvloop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(policy)
+        assert asyncio.get_event_loop_policy() is policy
+    try:
+        out, code = asyncio.run(main())
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(None)
+    assert (out.strip(), code) == (b"1", 0)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 16), reason="policies removed in 3.16")
+def test_policy_is_built_on_the_platform_default() -> None:
+    import warnings
+
+    module = asyncio.windows_events if sys.platform == "win32" else asyncio.unix_events  # type: ignore[attr-defined,unused-ignore]
+    default = vars(module).get("_DefaultEventLoopPolicy") or vars(module)["DefaultEventLoopPolicy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        policy_class = greenback_loop.GreenbackPolicy
+    assert issubclass(policy_class, default)
+    loop = policy_class().new_event_loop()
+    try:
+        assert type(loop) is greenback_loop.EventLoop
+    finally:
+        loop.close()
+    loop = policy_class(uvloop=True).new_event_loop()
+    try:
+        import greenback_loop.uvloop as gb_uvloop
+
+        assert type(loop) is gb_uvloop.Loop
+    finally:
+        loop.close()
+
+
 def test_uvloop_dropin() -> None:
     import uvloop
 
