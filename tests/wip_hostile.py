@@ -1,5 +1,5 @@
-# Work in progress, not collected (see issue 9 note): 27 of 88 cases disagree with the
-# current core, many because they encoded behaviour fixed since; triage before renaming.
+# Work in progress, not collected (see issue 9 note): written against 7a8a012; several
+# xfails encode bugs fixed since and others disagree with changed behaviour; triage first.
 """Hostile reproducers: what a user who pokes at the machinery might write.
 
 Each scenario is a script run in a subprocess, once per core (the C core
@@ -114,6 +114,8 @@ class Scenario:
     xfail: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     timeout: float = 40
     returncode: int = 0
+    #: Skip under AddressSanitizer (test_sanitizers reruns the suite so).
+    not_under_asan: str | None = None
 
     def xfail_reason(self, core: str, loop: str) -> str | None:
         for key in ((core, loop), (core, "*"), ("*", loop), ("*", "*")):
@@ -237,8 +239,10 @@ add(
         parked_sync(i)
 
     busy = [False]
+    count = [0]
     def tracer(event, args):
-        if busy[0]:
+        count[0] += 1
+        if busy[0] or count[0] % 4:
             return
         busy[0] = True
         try:
@@ -260,14 +264,14 @@ add(
     async def main():
         greenlet.settrace(tracer)
         try:
-            res = await asyncio.gather(*(worker(i) for i in range(10)))
+            res = await asyncio.gather(*(worker(i) for i in range(6)))
             for _ in range(3):
                 await asyncio.sleep(0)
         finally:
             greenlet.settrace(None)
         gc.collect()
-        out("results", res == [190] * 10)
-        out("finalized", sorted(finalized) == sorted(i * 100 + j for i in range(10) for j in range(0, 20, 5)))
+        out("results", res == [190] * 6)
+        out("finalized", sorted(finalized) == sorted(i * 100 + j for i in range(6) for j in range(0, 20, 5)))
 
     run(main())
     """,
@@ -365,7 +369,7 @@ def check_depths(stdout: str, plain: str) -> None:
     """Every "depth NAME N" line is within 50 frames of the plain run's."""
 
     def parse(text: str) -> dict[str, int]:
-        found = dict(re.findall(r"^depth (\\S+) (\\d+)$", text, re.M))
+        found = dict(re.findall(r"^depth (\S+) (\d+)$", text, re.M))
         return {k: int(v) for k, v in found.items()}
 
     got, want = parse(stdout), parse(plain)
@@ -828,39 +832,44 @@ add(
     """
     # await_(c) from a loop callback (outside any portal) must raise and
     # leave c alone when c is not new: another task is running it.
-    async def inner():
-        await asyncio.sleep(0.02)
+    async def inner(ev):
+        await ev.wait()
         return "inner done"
 
     async def awaits(c):
         return await c
 
-    async def parked_sync_task():
+    async def parked_sync_task(ev):
         def sync():
-            return await_(asyncio.sleep(0.02, "parked done"))
+            await_(ev.wait())
+            return "parked done"
         return sync()
 
     async def main():
         loop = asyncio.get_running_loop()
-        c = inner()
+        ev = asyncio.Event()
+        c = inner(ev)
         a = asyncio.create_task(awaits(c))
-        b = asyncio.create_task(parked_sync_task())
-        await asyncio.sleep(0.005)
+        b = asyncio.create_task(parked_sync_task(ev))
+        await asyncio.sleep(0)
+        done = loop.create_future()
         def callback():
             for what in (c, b.get_coro(), a.get_coro()):
                 try:
                     await_(what)
                 except BaseException as e:
                     out("callback:", ename(e))
+            done.set_result(None)
         loop.call_soon(callback)
-        await asyncio.sleep(0.005)
+        await done
+        ev.set()
         for t in (a, b):
             try:
                 out(await asyncio.wait_for(t, 0.5))
             except BaseException as e:
                 out("task raised", ename(e), e)
         # a never-started coroutine is closed (no "never awaited" warning)
-        fresh = inner()
+        fresh = inner(ev)
         loop.call_soon(_try, fresh)
         await asyncio.sleep(0)
         out("fresh closed", fresh.cr_frame is None)
@@ -1394,6 +1403,12 @@ add(
     send() TypeError Portal.send() takes exactly one argument (0 given)
     done
     """,
+    xfail={
+        ("python", "*"): "twin parity: Portal.throw() and Portal.send() with no argument "
+        "give Python's \"missing 1 required positional argument: 'typ'\" / \"'value'\" "
+        'where the C core says "throw expected at least 1 argument and at most 3, got 0" '
+        'and "Portal.send() takes exactly one argument (0 given)"'
+    },
 )
 
 add(
@@ -1467,7 +1482,7 @@ add(
     send RuntimeError True
     throw RuntimeError True
     close RuntimeError True
-    resumed [True]
+    True [True]
     dropped task unwound in the loop thread [True]
     """,
     stderr_ok=(r"Task was destroyed but it is pending", r"^task: <Task pending"),
@@ -1533,6 +1548,7 @@ add(
         r"Exception ignored",
     ),
     timeout=50,
+    not_under_asan="RLIMIT_AS cannot bound a process under AddressSanitizer (its shadow memory)",
     xfail={
         ("c", "*"): "C core: under RLIMIT_AS, steps of tasks parked in await_ end with "
         "SystemError('error return without exception set') raised at the call into the sync "
@@ -1543,7 +1559,333 @@ add(
     },
 )
 
-# @SCENARIOS@
+# 10. More hostile ideas ---------------------------------------------------------------
+
+add(
+    "loop_greenlet_introspection_from_a_task",
+    """
+    # Sync code in a task reads the context of the greenlet that runs the
+    # loop (its runner's parent).
+    async def body():
+        loop_greenlet = greenlet.getcurrent().parent
+        try:
+            ctx = loop_greenlet.gr_context
+            out("read loop greenlet's gr_context", type(ctx).__name__)
+        except BaseException as e:
+            out("read loop greenlet's gr_context", ename(e), e)
+
+    async def main():
+        await asyncio.create_task(body())
+
+    run(main())
+    """,
+    """
+    read loop greenlet's gr_context Context
+    """,
+    xfail={
+        ("c", "*"): "C core: during a step the loop's greenlet has no saved top frame (the "
+        "core unlinks the frame chain for the switch), so greenlet takes it for a greenlet "
+        "running in another thread: reading its gr_context raises ValueError('cannot get "
+        "context of a greenlet that is running in a different thread'); the twin gives the "
+        "Context"
+    },
+)
+
+add(
+    "generator_finally_uses_await_",
+    """
+    # A sync generator inside a task cleans up with await_ in its finally;
+    # the task's own code closes it (break + close()). Nothing is being
+    # finalized behind the task's back: the await_ should work.
+    log = []
+
+    def rows():
+        try:
+            for i in range(10):
+                yield i
+        finally:
+            try:
+                await_(asyncio.sleep(0))
+                log.append("cleanup awaited")
+            except RuntimeError as e:
+                log.append("cleanup RuntimeError")
+
+    async def body():
+        g = rows()
+        for r in g:
+            if r == 2:
+                break
+        g.close()
+        with __import__("contextlib").closing(rows()) as g2:
+            next(g2)
+        return log
+
+    async def main():
+        out(await asyncio.create_task(body()))
+
+    run(main())
+    """,
+    """
+    ['cleanup awaited', 'cleanup awaited']
+    """,
+    xfail={
+        ("*", "*"): "await_() refuses to suspend whenever a GeneratorExit is being handled, "
+        "so a sync generator closed by the task's own code (break + close(), "
+        "contextlib.closing) cannot await_ in its finally, though nothing is being "
+        "finalized behind the task's back (false positive of the closing check)"
+    },
+)
+
+add(
+    "nested_loops",
+    """
+    # A task's sync code starts another loop in the same thread (refused,
+    # as on a plain loop) and in another thread (works, with await_ there).
+    async def inner():
+        return "inner ran"
+
+    def in_thread():
+        async def m():
+            return (lambda: await_(asyncio.sleep(0, "thread loop")))() if not PLAIN else "thread loop"
+        res = []
+        th = threading.Thread(target=lambda: res.append(run(m())))
+        th.start()
+        th.join()
+        return res[0]
+
+    async def body():
+        try:
+            run(inner())
+        except RuntimeError as e:
+            out("same thread:", "RuntimeError", str(e).split(" cannot")[0])
+        c = inner()
+        try:
+            new_loop().run_until_complete(c)
+        except RuntimeError as e:
+            out("run_until_complete:", "RuntimeError")
+        c.close()
+        out("other thread:", in_thread())
+
+    run(body())
+    """,
+    stderr_ok=(r"RuntimeWarning: coroutine '[\w.]+' was never awaited", r"^  ", r"tracemalloc"),
+)
+
+add(
+    "keyboardinterrupt_while_parked",
+    """
+    # SIGINT while the main task is parked: asyncio.Runner cancels it and
+    # raises KeyboardInterrupt; finally blocks run, as on a plain loop.
+    import signal
+
+    def sync_layer(ev):
+        try:
+            if PLAIN:
+                raise AssertionError
+            await_(ev.wait())
+        finally:
+            out("sync finally")
+
+    async def main():
+        ev = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGINT)
+        try:
+            if PLAIN:
+                try:
+                    await ev.wait()
+                finally:
+                    out("sync finally")
+            else:
+                sync_layer(ev)
+        except asyncio.CancelledError:
+            out("main: CancelledError")
+            raise
+
+    try:
+        run(main())
+    except KeyboardInterrupt:
+        out("KeyboardInterrupt")
+    """,
+)
+
+add(
+    "weird_awaitables",
+    """
+    # Awaitables that misbehave, through await_ and through await.
+    class BadYield:
+        def __await__(self):
+            yield 42
+
+    class NextOnly:
+        def __await__(self):
+            return self
+        def __next__(self):
+            fut = asyncio.get_running_loop().create_future()
+            fut._asyncio_future_blocking = True
+            return fut
+
+    class SwallowsCancel:
+        def __await__(self):
+            fut = asyncio.get_running_loop().create_future()
+            try:
+                yield from fut
+            except asyncio.CancelledError:
+                return "swallowed"
+
+    class ImmediateStop:
+        def __await__(self):
+            return iter(())
+
+    class YieldsDoneFuture:
+        def __await__(self):
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result("done future")
+            return (yield from fut)
+
+    async def via(obj):
+        if PLAIN:
+            return await obj
+        return (lambda: await_(obj))()
+
+    async def main():
+        for label, make, cancel in (("bad yield", BadYield, False), ("next only, cancelled", NextOnly, True),
+                                    ("swallows cancel", SwallowsCancel, True),
+                                    ("empty iterator", ImmediateStop, False),
+                                    ("done future", YieldsDoneFuture, False),
+                                    ("portal of a coroutine", lambda: portal_of(asyncio.sleep(0, "portal")), False)):
+            t = asyncio.create_task(via(make()))
+            await asyncio.sleep(0)
+            if cancel:
+                t.cancel()
+            try:
+                out(label, "->", await t)
+            except BaseException as e:
+                out(label, "->", ename(e), str(e).split(" at 0x")[0])
+
+    run(main())
+    """,
+)
+
+add(
+    "coroutine_resumed_by_hand",
+    """
+    # A task's coroutine resumed by hand: from another task while parked,
+    # and from inside its own step.
+    def park(ev):
+        return await_(ev.wait())
+
+    async def victim(ev):
+        if PLAIN:
+            return await ev.wait()
+        return park(ev)
+
+    async def self_sender():
+        try:
+            asyncio.current_task().get_coro().send(None)
+        except BaseException as e:
+            return ename(e) + ": " + str(e)
+
+    async def main():
+        ev = asyncio.Event()
+        t = asyncio.create_task(victim(ev))
+        await asyncio.sleep(0)
+        try:
+            t.get_coro().send(None)
+            out("manual send: no error")
+        except BaseException as e:
+            out("manual send:", ename(e), e)
+        ev.set()
+        try:
+            out("victim:", await t)
+        except BaseException as e:
+            out("victim:", ename(e), e)
+        out("self send:", await asyncio.create_task(self_sender()))
+
+    run(main())
+    """,
+)
+
+add(
+    "recursion_limit_games",
+    """
+    # await_ right at the recursion limit, and recursion limits lowered
+    # and raised while tasks run: no crash, and afterwards tasks recurse
+    # as deep as on a plain loop.
+    def deep_await(n):
+        try:
+            return deep_await(n + 1)
+        except RecursionError:
+            try:
+                return (PLAIN and n) or await_(asyncio.sleep(0, n))
+            except RecursionError:
+                return n
+
+    async def at_limit():
+        return deep_await(0) > 500
+
+    async def lowered():
+        old = sys.getrecursionlimit()
+        sys.setrecursionlimit(300)
+        try:
+            if not PLAIN:
+                await_(asyncio.sleep(0))
+            else:
+                await asyncio.sleep(0)
+            return depth()
+        finally:
+            sys.setrecursionlimit(old)
+
+    async def measure():
+        return depth()
+
+    async def main():
+        out("at limit", await asyncio.create_task(at_limit()))
+        low = await asyncio.create_task(lowered())
+        out("lowered limit honoured", 200 < low < 300)
+        out("depth after", min(await asyncio.gather(*(measure() for _ in range(5)))))
+
+    run(main())
+    """,
+    check=check_depths,
+)
+
+add(
+    "await_future_of_other_loop",
+    """
+    # await_ of a future and of a task that belong to a loop running in
+    # another thread: the same error as await gives.
+    other = new_loop()
+    th = threading.Thread(target=other.run_forever)
+    th.start()
+
+    async def never():
+        await asyncio.sleep(3600)
+
+    async def main():
+        fut = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), other)
+        fut.result()
+        foreign_fut = other.create_future()
+        foreign_task = asyncio.run_coroutine_threadsafe(_make_task(), other).result()
+        for label, what in (("future", foreign_fut), ("task", foreign_task)):
+            async def via():
+                if PLAIN:
+                    return await what
+                return (lambda: await_(what))()
+            try:
+                await via()
+            except BaseException as e:
+                out(label, ename(e), str(e).split(" <")[0])
+        other.call_soon_threadsafe(foreign_task.cancel)
+
+    async def _make_task():
+        return asyncio.get_running_loop().create_task(never())
+
+    run(main())
+    other.call_soon_threadsafe(other.stop)
+    th.join()
+    other.close()
+    """,
+)
 
 
 # -- running them -------------------------------------------------------------------
@@ -1624,10 +1966,13 @@ def results(request: pytest.FixtureRequest) -> _Results:
     wanted = []
     for item in request.session.items:
         callspec = getattr(item, "callspec", None)
-        if callspec is None or item.module is not sys.modules[__name__]:
+        if callspec is None or getattr(item, "module", None) is not sys.modules[__name__]:
             continue
         params = callspec.params
-        if "name" in params:
+        if "name" in params and not (
+            SCENARIOS[params["name"]].not_under_asan
+            and "libasan" in os.environ.get("LD_PRELOAD", "")
+        ):
             wanted.append((params["name"], params["core"], params["loop_kind"]))
     _results.start(wanted)
     return _results
@@ -1657,6 +2002,8 @@ def test_hostile(
     process uses), compared with plain asyncio where it has a reference."""
     impl = core
     sc = SCENARIOS[name]
+    if sc.not_under_asan and "libasan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip(sc.not_under_asan)
     reason = sc.xfail_reason(impl, loop_kind)
     if reason is not None:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
