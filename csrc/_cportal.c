@@ -266,6 +266,22 @@ module_exec(PyObject *module)
             return -1;
         }
     }
+#if GBL_PRIME_FRAME_STACK
+    if (st->frame_primer == NULL) {
+        PyObject *ns = Py_BuildValue("{sO}", "__builtins__", PyEval_GetBuiltins());
+        if (ns == NULL) {
+            return -1;
+        }
+        PyObject *r = PyRun_String("def _prime_frame_stack():\n    pass\n", Py_file_input, ns, ns);
+        Py_XDECREF(r);
+        st->frame_primer = r == NULL ? NULL : PyDict_GetItemString(ns, "_prime_frame_stack");
+        Py_XINCREF(st->frame_primer);
+        Py_DECREF(ns);
+        if (st->frame_primer == NULL) {
+            return -1;
+        }
+    }
+#endif
     if (st->spare_args == NULL) {
         st->spare_args = PyTuple_Pack(1, Py_None);
         if (st->spare_args == NULL) {

@@ -29,6 +29,16 @@ install with GREENBACK_LOOP_NO_EXTENSIONS=1 to use the pure-Python core"
 /* Coroutines have cr_state ("CORO_CREATED", ...) from 3.15 on. */
 #define GBL_HAS_CR_STATE (PY_VERSION_HEX >= 0x030F0000)
 
+/* 3.11 only: a failed allocation of a frame-stack chunk in an inlined call
+ * (CALL of a Python function from Python code) raises no exception
+ * ("SystemError: error return without exception set") and drops one
+ * reference to the called function too many: under memory exhaustion it
+ * corrupts the function's refcount and crashes later, with or without
+ * greenlets. A greenlet starts with no chunk, so a runner's first Python
+ * call always allocates one; runners make that allocation first through a
+ * call from C, whose failure is a clean MemoryError (see runner_prime). */
+#define GBL_PRIME_FRAME_STACK (PY_VERSION_HEX < 0x030C0000)
+
 /* The exception being raised, as one object (3.12 API), and back. */
 static inline PyObject *
 gbl_fetch_exception(void)

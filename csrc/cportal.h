@@ -40,6 +40,9 @@ typedef struct {
     PyObject *spare_args;    /* a 1-tuple reused as switch arguments (see gbl_args_take) */
     PyObject *errors_module; /* greenback_loop._errors, imported on first use */
     getter coro_get_await;   /* the C getter of coroutine.cr_await */
+#if GBL_PRIME_FRAME_STACK
+    PyObject *frame_primer; /* a no-op Python function (see runner_prime) */
+#endif
     Py_ssize_t runner_refs;  /* refcount of an unshared runner at the check */
     Py_ssize_t killed_refs;  /* refcount of a greenlet greenlet is killing */
 } gbl_globals;

@@ -420,6 +420,21 @@ runner_do_job(PortalObject *p, PyThreadState *tstate, PyObject **pvalue)
     return kind;
 }
 
+/* Give this runner its frame stack before any of a task's code runs on it
+ * (3.11: see GBL_PRIME_FRAME_STACK). 0, or -1 with an exception set. */
+static int
+runner_prime(void)
+{
+#if GBL_PRIME_FRAME_STACK
+    PyObject *r = PyObject_CallNoArgs(gbl_st.frame_primer);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+#endif
+    return 0;
+}
+
 /* The body of every runner greenlet: run one job per switch, forever. */
 static PyObject *
 runner_run(PyObject *Py_UNUSED(module), PyObject *box)
@@ -433,6 +448,7 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
     Py_DECREF(me); /* a tag: this greenlet is alive while it runs */
 
     PyObject *ret = NULL; /* what the last switch into this runner brought */
+    int primed = 0;       /* whether runner_prime() succeeded */
     if (PyList_Check(box) && PyList_GET_SIZE(box) == 1) {
         ret = Py_NewRef(PyList_GET_ITEM(box, 0));
         if (PyList_SetSlice(box, 0, 1, NULL) < 0) {
@@ -463,7 +479,20 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
         }
 
         PyObject *value;
-        int kind = runner_do_job(p, tstate, &value);
+        int kind;
+        if (!primed && runner_prime() < 0) {
+            /* No memory for the frames: the step fails with that error
+             * and leaves the coroutine as it was. */
+            value = gbl_fetch_exception();
+            kind = GBL_MSG_RAISE;
+            Py_CLEAR(p->job_arg);
+            Py_CLEAR(p->job_context);
+            Py_DECREF(p);
+        }
+        else {
+            primed = 1;
+            kind = runner_do_job(p, tstate, &value);
+        }
         /* Report to the portal whose step is running on this runner now
          * (normally the one whose job started the send; after a park in
          * await_, the one that resumed it). */

@@ -71,6 +71,7 @@ _CO_ITERABLE_COROUTINE = 0x100
 _HAS_CR_SUSPENDED = hasattr(types.CoroutineType, "cr_suspended")
 _HAS_CR_STATE = hasattr(types.CoroutineType, "cr_state")  # 3.15+
 _CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
+_NO_ARGUMENT: Any = object()  # send() called without its argument
 _getrefcount = getattr(sys, "getrefcount", None)
 
 _FOREIGN_SWITCH = (
@@ -374,7 +375,9 @@ class Portal:
 
     # -- the coroutine protocol ---------------------------------------------
 
-    def send(self, value: Any) -> Any:
+    def send(self, value: Any = _NO_ARGUMENT) -> Any:
+        if value is _NO_ARGUMENT:
+            raise TypeError("Portal.send() takes exactly one argument (0 given)")
         ok, value = self._step(False, value)
         if ok:
             return value
