@@ -178,12 +178,13 @@ calibrate(void)
     return 0;
 }
 
-/* The getter of coroutine.cr_await, found once: await_ asks it whether a
- * coroutine already has an awaiter, as await does. */
+/* The C getter of a built-in type's attribute, found once: await_ asks
+ * cr_await whether a coroutine already has an awaiter, as await does;
+ * close() asks cr_suspended / gi_suspended whether closing runs code. */
 static int
-find_coro_await_getter(void)
+find_getter(PyTypeObject *type, const char *name, getter *out)
 {
-    PyObject *descr = PyObject_GetAttrString((PyObject *)&PyCoro_Type, "cr_await");
+    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
     if (descr == NULL) {
         return -1;
     }
@@ -191,12 +192,13 @@ find_coro_await_getter(void)
              ((PyGetSetDescrObject *)descr)->d_getset->get != NULL;
     if (ok) {
         /* the getset table is static in CPython: the pointer outlives descr */
-        gbl_st.coro_get_await = ((PyGetSetDescrObject *)descr)->d_getset->get;
+        *out = ((PyGetSetDescrObject *)descr)->d_getset->get;
     }
     Py_DECREF(descr);
     if (!ok) {
-        PyErr_SetString(PyExc_ImportError,
-                        "greenback_loop._cportal: coroutine.cr_await is not a getset descriptor");
+        PyErr_Format(PyExc_ImportError,
+                     "greenback_loop._cportal: %s.%s is not a getset descriptor", type->tp_name,
+                     name);
         return -1;
     }
     return 0;
@@ -222,7 +224,10 @@ module_exec(PyObject *module)
         }
         return -1;
     }
-    if (find_coro_await_getter() < 0) {
+    if (find_getter(&PyCoro_Type, "cr_await", &st->coro_get_await) < 0 ||
+        find_getter(&PyCoro_Type, "cr_suspended", &st->coro_get_suspended) < 0 ||
+        find_getter(&PyGen_Type, "gi_suspended", &st->gen_get_suspended) < 0)
+    {
         return -1;
     }
 
@@ -282,6 +287,15 @@ module_exec(PyObject *module)
         }
     }
 #endif
+    if (st->gc_callback == NULL) {
+        st->gc_callback = PyCFunction_NewEx(&gbl_gc_callback_def, NULL, NULL);
+        if (st->gc_callback == NULL) {
+            return -1;
+        }
+    }
+    if (gbl_watch_collections() < 0) {
+        return -1;
+    }
     if (st->spare_args == NULL) {
         st->spare_args = PyTuple_Pack(1, Py_None);
         if (st->spare_args == NULL) {

@@ -117,26 +117,6 @@ gbl_throw_into(PyObject *it, PyObject *exc)
     return r;
 }
 
-/* Whether a coroutine is being closed around this call: the exception
- * being handled, or one in its __context__ chain, is a GeneratorExit.
- * await_ then cannot suspend, as await in a closing coroutine cannot: the
- * code runs in a finalizer or close(), maybe inside another task's step,
- * and suspending would suspend that task where it never awaited. */
-static int
-gbl_closing_in_progress(void)
-{
-    PyObject *exc = PyErr_GetHandledException();
-    for (int depth = 0; exc != NULL && exc != Py_None && depth < 100; depth++) {
-        if (PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
-            Py_DECREF(exc);
-            return 1;
-        }
-        Py_SETREF(exc, PyException_GetContext(exc));
-    }
-    Py_XDECREF(exc);
-    return 0;
-}
-
 /* Give exc, about to be thrown into a parked await_, the exception being
  * handled there as its __context__, as a coroutine thrown into does. */
 static PyObject *
@@ -164,14 +144,19 @@ PyDoc_STRVAR(gbl_await_doc,
              "every task of a greenback_loop event loop has.\n\n"
              "Raises:\n"
              "    RuntimeError: there is no portal to suspend: no running event loop in\n"
-             "        this thread, no current task, or a task without a portal; or a\n"
-             "        coroutine is being closed around the call and *aw* must suspend.\n"
+             "        this thread, no current task, or a task without a portal; or *aw*\n"
+             "        must suspend where the task cannot be: while its coroutine is being\n"
+             "        closed, or in code the garbage collector runs.\n"
              "    TypeError: *aw* is not awaitable.\n");
 
-#define GBL_CLOSING_MESSAGE                                                                  \
-    "greenback_loop.await_() cannot suspend while a coroutine is being closed "              \
-    "(GeneratorExit is being handled): like await in a closing coroutine, it would suspend " \
-    "whatever step the close runs in"
+#define GBL_CLOSING_MESSAGE                                                            \
+    "greenback_loop.await_() cannot suspend while the task's coroutine is being closed " \
+    "(close(), or its finalizer): like await in a closing coroutine"
+
+#define GBL_IN_GC_MESSAGE                                                                   \
+    "greenback_loop.await_() cannot suspend in code the garbage collector runs (a "         \
+    "finalizer, __del__ or weakref callback): it would suspend the task whose step the "   \
+    "collection runs in, where that task never awaited"
 
 /* Park the greenlet `me` in portal p's step: hand the step the value the
  * awaitable yielded (the reference is stolen) and wait to be resumed. The
@@ -304,14 +289,23 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
                 return NULL;
             }
         }
-        if (p == NULL || p != current || p->stepper == NULL || gbl_closing_in_progress()) {
-            /* No step of ours to suspend (killed while parked, or resumed
-             * from outside), or a close is in progress: close aw. */
-            int closing = p != NULL && p == current && p->stepper != NULL;
+        const char *refusal = NULL;
+        if (p == NULL || p != current || p->stepper == NULL) {
+            /* no step of ours to suspend (killed while parked, or resumed
+             * from outside) */
+            refusal = GBL_FOREIGN_SWITCH_MESSAGE;
+        }
+        else if (p->closing) {
+            refusal = GBL_CLOSING_MESSAGE;
+        }
+        else if (gbl_suspends_collection(ts, p)) {
+            refusal = GBL_IN_GC_MESSAGE;
+        }
+        if (refusal != NULL) {
+            /* close aw, and raise */
             Py_DECREF(value);
             Py_CLEAR(p);
-            PyErr_SetString(PyExc_RuntimeError,
-                            closing ? GBL_CLOSING_MESSAGE : GBL_FOREIGN_SWITCH_MESSAGE);
+            PyErr_SetString(PyExc_RuntimeError, refusal);
             PyObject *err = gbl_fetch_exception();
             PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
             PyObject *r = exit != NULL ? gbl_throw_into(it, exit) : NULL;

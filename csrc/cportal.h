@@ -40,6 +40,10 @@ typedef struct {
     PyObject *spare_args;    /* a 1-tuple reused as switch arguments (see gbl_args_take) */
     PyObject *errors_module; /* greenback_loop._errors, imported on first use */
     getter coro_get_await;   /* the C getter of coroutine.cr_await */
+    getter coro_get_suspended; /* ... of coroutine.cr_suspended */
+    getter gen_get_suspended;  /* ... of generator.gi_suspended */
+    PyObject *gc_callback;     /* ours, in gc.callbacks (see gbl_gc_callback) */
+    PyObject *gc_callbacks;    /* the list the collector calls (gc.callbacks) */
 #if GBL_PRIME_FRAME_STACK
     PyObject *frame_primer; /* a no-op Python function (see runner_prime) */
 #endif
@@ -68,6 +72,10 @@ typedef struct {
     PyObject *job_args;  /* the switch arguments carrying the job, likewise */
     PyObject *job_context; /* a fresh step's context, until the runner takes it */
     int job_throw;
+    /* Set while close() (or the finalizer) unwinds the coroutine: its
+     * steps cannot suspend in await_, as await in a closing coroutine
+     * cannot. */
+    int closing;
     int msg_kind;
     PyObject *msg_value;
     PyGreenlet *msg_resume;
@@ -85,6 +93,11 @@ typedef struct {
        and unnest like calls, so it is always a portal whose step holds it */
     PortalObject *current;
     PyGreenlet *hub; /* this thread's main greenlet: every runner's parent */
+    /* While a garbage collection runs in this thread: 1, and (borrowed)
+     * the portal whose step it runs in, which must not be suspended until
+     * the collection is over. */
+    int in_gc;
+    PortalObject *gc_portal;
     int npool;
     PyGreenlet *pool[GBL_POOL_MAX];
 } ThreadStateObject;

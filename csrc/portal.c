@@ -324,6 +324,7 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->job_args = NULL;
     self->job_context = NULL;
     self->job_throw = 0;
+    self->closing = 0;
     self->msg_kind = GBL_MSG_NONE;
     self->msg_value = NULL;
     self->msg_resume = NULL;
@@ -409,12 +410,46 @@ portal_holds_greenlets(PortalObject *self)
     return self->resume != NULL || self->runner != NULL;
 }
 
-/* A portal dropped while parked or pinned unwinds the coroutine where its
- * frames run, as its own finalizer would without a portal. */
+/* Whether closing the coroutine runs its code: it holds greenlets, or it
+ * is a coroutine (or generator) suspended at an await. close() then runs
+ * as a step of the portal, in its runner, marked as closing: the code
+ * never runs on the caller's stack (which may be another task's step, when
+ * the collector or a dropped reference finalizes the portal) and cannot
+ * suspend. */
+static int
+portal_close_runs_code(PortalObject *self)
+{
+    if (portal_holds_greenlets(self)) {
+        return 1;
+    }
+    if (self->coro == NULL) {
+        return 0; /* cleared by the collector */
+    }
+    getter get = PyCoro_CheckExact(self->coro)  ? gbl_st.coro_get_suspended
+                 : PyGen_CheckExact(self->coro) ? gbl_st.gen_get_suspended
+                                                : NULL;
+    if (get == NULL) {
+        return 0;
+    }
+    PyObject *suspended = get(self->coro, NULL); /* a bool: it cannot fail */
+    if (suspended == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(suspended);
+    return suspended == Py_True;
+}
+
+/* A portal dropped while its coroutine is suspended unwinds the coroutine
+ * where its frames run (a runner, or the greenlet parked in await_), as a
+ * closing step; without a portal the coroutine's own finalizer would. */
 static void
 portal_finalize(PortalObject *self)
 {
-    if (!portal_holds_greenlets(self) || self->stepper != NULL || gbl_is_finalizing()) {
+    if (self->stepper != NULL || gbl_is_finalizing()) {
+        return;
+    }
+    if (!portal_close_runs_code(self)) {
         return;
     }
     PyObject *exc = gbl_fetch_exception();
@@ -446,7 +481,7 @@ static void
 portal_dealloc(PortalObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    if (portal_holds_greenlets(self) && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+    if (portal_close_runs_code(self) && PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
         return; /* resurrected */
     }
     PyObject_GC_UnTrack(self);
@@ -597,7 +632,10 @@ portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_ValueError, "coroutine already executing");
         return NULL;
     }
-    if (!portal_holds_greenlets(self)) {
+    if (!portal_close_runs_code(self)) {
+        if (self->coro == NULL) {
+            Py_RETURN_NONE;
+        }
         return PyObject_CallMethodNoArgs(self->coro, gbl_st.str_close);
     }
     PyObject *exit = PyObject_CallNoArgs(PyExc_GeneratorExit);
@@ -605,7 +643,10 @@ portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     PyObject *result;
+    int was_closing = self->closing;
+    self->closing = 1;
     PySendResult r = portal_step(self, 1, exit, &result);
+    self->closing = was_closing;
     Py_DECREF(exit);
     if (r == PYGEN_NEXT) {
         Py_DECREF(result);

@@ -75,6 +75,7 @@ static int
 thread_state_clear(ThreadStateObject *self)
 {
     self->current = NULL;
+    self->gc_portal = NULL;
     Py_CLEAR(self->hub);
     while (self->npool > 0) {
         self->npool--;
@@ -128,6 +129,8 @@ thread_state_create(void)
     }
     ts->current = NULL;
     ts->hub = NULL;
+    ts->in_gc = 0;
+    ts->gc_portal = NULL;
     ts->npool = 0;
     PyObject_GC_Track(ts);
 
@@ -294,6 +297,73 @@ gbl_bounce(ThreadStateObject *ts, PyGreenlet *me, PyObject *ret)
     return ret;
 }
 
+/* -- collections ---------------------------------------------------------------- */
+
+/* In gc.callbacks: note in this thread's state when a collection starts
+ * and ends, and the portal whose step it runs in. Code the collector runs
+ * (finalizers, __del__, weakref callbacks) runs in the middle of that step,
+ * where the task never awaited: await_ must not suspend it there (nor the
+ * collection, which would hold every other collection off until resumed). */
+static PyObject *
+gbl_gc_callback(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    ThreadStateObject *ts = gbl_tls;
+    if (ts != NULL && nargs >= 1 && PyUnicode_Check(args[0])) {
+        if (PyUnicode_CompareWithASCIIString(args[0], "start") == 0) {
+            ts->in_gc = 1;
+            ts->gc_portal = ts->current;
+        }
+        else {
+            ts->in_gc = 0;
+            ts->gc_portal = NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef gbl_gc_callback_def = {
+    "_gc_callback", (PyCFunction)(void (*)(void))gbl_gc_callback, METH_FASTCALL,
+    "Notes collections in greenback_loop's per-thread state."};
+
+/* Put gbl_gc_callback in the collector's callback list, unless it is there
+ * (checked again whenever a runner is made: a program may clear the list). */
+static int
+gbl_watch_collections(void)
+{
+    gbl_globals *st = &gbl_st;
+    if (st->gc_callbacks == NULL) {
+        PyObject *gc = PyImport_ImportModule("gc");
+        if (gc == NULL) {
+            return -1;
+        }
+        st->gc_callbacks = PyObject_GetAttrString(gc, "callbacks");
+        Py_DECREF(gc);
+        if (st->gc_callbacks == NULL) {
+            return -1;
+        }
+        if (!PyList_Check(st->gc_callbacks)) {
+            Py_CLEAR(st->gc_callbacks);
+            PyErr_SetString(PyExc_ImportError, "greenback_loop: gc.callbacks is not a list");
+            return -1;
+        }
+    }
+    PyObject *list = st->gc_callbacks;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        if (PyList_GET_ITEM(list, i) == st->gc_callback) {
+            return 0;
+        }
+    }
+    return PyList_Append(list, st->gc_callback);
+}
+
+/* Whether a step of portal p would suspend the collection running in this
+ * thread (see gbl_gc_callback). */
+static inline int
+gbl_suspends_collection(ThreadStateObject *ts, PortalObject *p)
+{
+    return ts->in_gc && ts->gc_portal == p;
+}
+
 /* -- runners ------------------------------------------------------------------ */
 
 /* A runner from the pool (new reference), or NULL if the pool is empty. */
@@ -357,6 +427,9 @@ runner_new(ThreadStateObject *ts)
     gbl_runners_created++;
 #endif
     gbl_refresh_memory_limit();
+    if (gbl_watch_collections() < 0) {
+        PyErr_Clear(); /* best effort: the list was set up at import */
+    }
     return PyGreenlet_New(gbl_st.runner_run, ts->hub);
 }
 

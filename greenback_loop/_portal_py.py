@@ -40,6 +40,7 @@ gets a RuntimeError.
 from __future__ import annotations
 
 import collections.abc
+import gc
 import sys
 import threading
 import types
@@ -72,6 +73,7 @@ _HAS_CR_SUSPENDED = hasattr(types.CoroutineType, "cr_suspended")
 _HAS_CR_STATE = hasattr(types.CoroutineType, "cr_state")  # 3.15+
 _CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
 _NO_ARGUMENT: Any = object()  # send() called without its argument
+_IDLE: Any = object()  # _ThreadState.gc_portal while no collection runs
 _getrefcount = getattr(sys, "getrefcount", None)
 
 _FOREIGN_SWITCH = (
@@ -80,9 +82,13 @@ _FOREIGN_SWITCH = (
     "greenlet.throw() on it; it cannot run from there, and stays as it was"
 )
 _CLOSING = (
-    "greenback_loop.await_() cannot suspend while a coroutine is being closed "
-    "(GeneratorExit is being handled): like await in a closing coroutine, it would "
-    "suspend whatever step the close runs in"
+    "greenback_loop.await_() cannot suspend while the task's coroutine is being closed "
+    "(close(), or its finalizer): like await in a closing coroutine"
+)
+_IN_GC = (
+    "greenback_loop.await_() cannot suspend in code the garbage collector runs (a "
+    "finalizer, __del__ or weakref callback): it would suspend the task whose step the "
+    "collection runs in, where that task never awaited"
 )
 _WRONG_THREAD = "a task's portal can only be stepped in the thread whose event loop runs the task"
 _KILLED = (
@@ -101,6 +107,10 @@ class _ThreadState(threading.local):
         #: nest and unnest like calls, so it is always a portal whose step
         #: is on some greenlet's stack.
         self.current: Portal | None = None
+        #: While a garbage collection runs in this thread, the portal whose
+        #: step it runs in (``_IDLE`` otherwise): that step must not be
+        #: suspended until the collection is over (see _gc_callback).
+        self.gc_portal: Portal | None | object = _IDLE
         #: Idle runner greenlets.
         self.pool: list[greenlet] = []
         #: id()s of runners first started outside the hub, deeper than the
@@ -121,6 +131,34 @@ class _ThreadState(threading.local):
 
 
 _state = _ThreadState()
+
+
+def _suspended(coro: Any, frame: Any, running: bool, name: str) -> bool:
+    """Whether a coroutine or generator is suspended at an await or yield
+    (started, not running, not finished)."""
+    if _HAS_CR_SUSPENDED:
+        return bool(getattr(coro, name))
+    return frame is not None and not running and frame.f_lasti >= 0  # pragma: no cover
+
+
+def _gc_callback(phase: str, info: Any) -> None:
+    """In gc.callbacks: note the portal whose step a collection runs in.
+    Code the collector runs (finalizers, ``__del__``, weakref callbacks)
+    runs in the middle of that step, where the task never awaited: await_
+    must not suspend it there (nor the collection, which would hold every
+    other collection off until resumed)."""
+    st = _state
+    st.gc_portal = st.current if phase == "start" else _IDLE
+
+
+def _watch_collections() -> None:
+    """Put _gc_callback in gc.callbacks unless it is there (checked again
+    whenever a runner is made: a program may clear the list)."""
+    if not any(cb is _gc_callback for cb in gc.callbacks):
+        gc.callbacks.append(_gc_callback)
+
+
+_watch_collections()
 
 # References an idle runner has when nothing outside the portal machinery
 # refers to it, as seen at the check in Portal._step; measured at import.
@@ -313,6 +351,7 @@ def _switch_headroom() -> None:
 
 def _new_runner(st: _ThreadState, cur: greenlet) -> greenlet:
     _refresh_memory_limit()
+    _watch_collections()
     runner = greenlet(_runner_main, st.hub)
     if cur is not st.hub:
         st.deep.add(id(runner))
@@ -340,6 +379,7 @@ class Portal:
         "_target",
         "_job",
         "_msg",
+        "_closing",
         "__weakref__",
     )
 
@@ -351,6 +391,7 @@ class Portal:
     _target: greenlet | None  # the greenlet the step entered
     _job: tuple[bool, Any] | None  # (throw, arg), until the target takes it
     _msg: tuple[Any, ...] | None  # the step's message, for the stepper
+    _closing: bool  # while close() unwinds the coroutine: no suspending then
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Portal:
         if kwargs:
@@ -368,6 +409,7 @@ class Portal:
         self._runner = self._resume = self._awaiting = None
         self._stepper = self._target = None
         self._job = self._msg = None
+        self._closing = False
         return self
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -412,15 +454,35 @@ class Portal:
         parked in await_, or run by a runner something else pins."""
         return self._resume is not None or self._runner is not None
 
+    def _close_runs_code(self) -> bool:
+        """Whether closing the coroutine runs its code: it holds greenlets,
+        or it is a coroutine (or generator) suspended at an await. close()
+        then runs as a step of the portal, in its runner, marked as closing:
+        the code never runs on the caller's stack (which may be another
+        task's step, when the collector or a dropped reference finalizes the
+        portal) and cannot suspend."""
+        if self._resume is not None or self._runner is not None:
+            return True
+        coro = self._coro
+        t = type(coro)
+        if t is types.CoroutineType:
+            return _suspended(coro, coro.cr_frame, coro.cr_running, "cr_suspended")
+        if t is types.GeneratorType:
+            return _suspended(coro, coro.gi_frame, coro.gi_running, "gi_suspended")
+        return False
+
     def close(self) -> Any:
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
-        if not self._holds_greenlets():
+        if not self._close_runs_code():
             return self._coro.close()
+        was_closing, self._closing = self._closing, True
         try:
             ok, value = self._step(True, GeneratorExit())
         except GeneratorExit:
             return None
+        finally:
+            self._closing = was_closing
         if ok:
             raise RuntimeError("coroutine ignored GeneratorExit")
         if isinstance(value, GeneratorExit):
@@ -448,7 +510,7 @@ class Portal:
             value = None
 
     def __del__(self) -> None:
-        if not self._holds_greenlets() or self._stepper is not None or sys.is_finalizing():
+        if self._stepper is not None or sys.is_finalizing() or not self._close_runs_code():
             return
         try:
             self.close()
@@ -745,23 +807,6 @@ def _awaitable_iter(aw: Any) -> Any:
     return it
 
 
-def _closing_in_progress() -> bool:
-    """Whether a coroutine is being closed around this call: the exception
-    being handled, or one in its ``__context__`` chain, is a GeneratorExit.
-    ``await_`` then cannot suspend, as ``await`` in a closing coroutine
-    cannot: the code runs in a finalizer or ``close()``, maybe inside another
-    task's step, and suspending would suspend that task where it never
-    awaited."""
-    exc = sys.exception() if sys.version_info >= (3, 11) else sys.exc_info()[1]
-    for _ in range(100):
-        if exc is None:
-            return False
-        if isinstance(exc, GeneratorExit):
-            return True
-        exc = exc.__context__
-    return False
-
-
 def _chain_handled(exc: BaseException) -> BaseException:
     """Give *exc*, about to be thrown into a parked await_, the exception
     being handled there as its ``__context__``, as a coroutine thrown into
@@ -823,8 +868,9 @@ def await_(aw: Awaitable[T]) -> T:
 
     Raises:
         RuntimeError: there is no portal to suspend: no running event loop in
-            this thread, no current task, or a task without a portal; or a
-            coroutine is being closed around the call and *aw* must suspend.
+            this thread, no current task, or a task without a portal; or *aw*
+            must suspend where the task cannot be: while its coroutine is being
+            closed, or in code the garbage collector runs.
         TypeError: *aw* is not awaitable.
     """
     st = _state
@@ -862,17 +908,25 @@ def await_(aw: Awaitable[T]) -> T:
         # aw waits: suspend the step this greenlet runs in.
         if p is None:
             p = st.current
-        if p is None or p is not st.current or p._stepper is None or _closing_in_progress():
-            # No step of ours to suspend (killed while parked, or resumed
-            # from outside), or a close is in progress: close aw.
-            closing = p is not None and p is st.current and p._stepper is not None
+        refusal: str | None = None
+        if p is None or p is not st.current or p._stepper is None:
+            # no step of ours to suspend (killed while parked, or resumed
+            # from outside)
+            refusal = _FOREIGN_SWITCH
+        elif p._closing:
+            refusal = _CLOSING
+        elif st.gc_portal is p:
+            refusal = _IN_GC
+        if refusal is not None:
+            # close aw, and raise
             p = value = None
-            err = RuntimeError(_CLOSING if closing else _FOREIGN_SWITCH)
+            err = RuntimeError(refusal)
             try:
                 _throw_into(it, GeneratorExit())
             except BaseException:
                 pass
             raise err
+        assert p is not None
         try:
             _switch_headroom()
         except MemoryError as exc:

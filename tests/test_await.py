@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import gc
 import sys
 import traceback
 import types
@@ -458,3 +460,103 @@ def test_portal_throw_argument_errors_are_the_coroutines(args: tuple[Any, ...]) 
         messages.append(str(info.value))
         coro.close()
     assert messages[0] == messages[1]
+
+
+# -- where a task cannot be suspended ------------------------------------------
+
+
+def _others_ran_during(sync_code: Any) -> bool:
+    """Run sync_code() and tell whether any other callback of the loop ran
+    meanwhile (between two awaits nothing else runs, as on plain asyncio)."""
+    ran: list[int] = []
+    asyncio.get_running_loop().call_soon(ran.append, 1)
+    sync_code()
+    return bool(ran)
+
+
+async def test_code_the_collector_runs_cannot_suspend_the_task() -> None:
+    """A __del__ the collector runs inside a task's synchronous code gets a
+    RuntimeError from await_ instead of suspending that task there; the
+    sync code stays atomic, as it is on plain asyncio."""
+    errors: list[str] = []
+
+    class Cyclic:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            try:
+                greenback_loop.await_(asyncio.sleep(0))
+                errors.append("suspended")
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+    def sync_code() -> None:
+        Cyclic()
+        gc.collect()
+
+    assert not _others_ran_during(sync_code)
+    assert len(errors) == 1 and "garbage collector" in errors[0], errors
+    # outside a collection, the same task may suspend again
+    assert greenback_loop.await_(add_later(1, 2)) == 3
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["finally", "swallows-exit"])
+async def test_dropped_suspended_coroutine_unwinds_in_its_own_step(swallow: bool) -> None:
+    """A portal dropped while its coroutine is suspended at a plain await is
+    closed as a step of its own: the cleanup runs, cannot suspend (the
+    RuntimeError comes at its await_, even after the coroutine swallowed
+    the GeneratorExit), and does not suspend the task whose code dropped
+    it."""
+    events: list[str] = []
+    fut = asyncio.get_running_loop().create_future()
+
+    def cleanup() -> None:
+        try:
+            greenback_loop.await_(asyncio.sleep(0))
+            events.append("suspended")
+        except RuntimeError as exc:
+            events.append("being closed" if "being closed" in str(exc) else str(exc))
+
+    async def victim() -> None:
+        if swallow:
+            try:
+                await fut
+            except GeneratorExit:
+                pass
+            cleanup()
+            return
+        try:
+            await fut
+        finally:
+            cleanup()
+
+    def sync_code() -> None:
+        portal = _impl.core.Portal(victim())
+        assert portal.send(None) is fut
+        del portal  # the last reference: finalized here
+
+    assert not _others_ran_during(sync_code)
+    assert events == ["being closed"]
+    fut.cancel()
+
+
+async def test_sync_generator_closed_by_the_task_may_await() -> None:
+    """Closing a generator is a call the task makes: the generator's
+    cleanup may use await_ (break + close(), contextlib.closing)."""
+    log: list[str] = []
+
+    def rows() -> Generator[int, None, None]:
+        try:
+            yield from range(10)
+        finally:
+            log.append(f"cleanup {greenback_loop.await_(add_later(1, 1))}")
+
+    g = rows()
+    for r in g:
+        if r == 2:
+            break
+    g.close()
+    with contextlib.closing(rows()) as g2:
+        next(g2)
+    assert log == ["cleanup 2", "cleanup 2"]

@@ -219,12 +219,21 @@ def test_close_parked_in_await_unwinds_sync_frames() -> None:
 
 
 def test_close_parked_ignoring_generator_exit() -> None:
+    """A coroutine that swallows the GeneratorExit of close() and awaits
+    again cannot suspend: await_ raises there (as await in a closing
+    coroutine cannot suspend either), and close() reports it."""
+    seen: list[str] = []
+
     def stubborn() -> None:
         try:
             greenback_loop.await_(suspend_once())
         except GeneratorExit:
             pass
-        greenback_loop.await_(suspend_once())
+        try:
+            greenback_loop.await_(suspend_once())
+        except RuntimeError as exc:
+            seen.append(str(exc))
+            raise
 
     async def suspend_once() -> None:
         await suspend("parked")
@@ -234,10 +243,11 @@ def test_close_parked_ignoring_generator_exit() -> None:
 
     portal = Portal(body())
     portal.send(None)
-    with pytest.raises(RuntimeError, match="ignored GeneratorExit"):
+    with pytest.raises(RuntimeError, match="being closed"):
         portal.close()
-    # still parked: a second close unwinds it for good
-    portal.close()
+    assert len(seen) == 1 and "being closed" in seen[0]
+    assert inspect.getcoroutinestate(portal) == inspect.CORO_CLOSED
+    portal.close()  # closed for good: nothing left to unwind
 
 
 def test_parked_portal_dropped_unwinds() -> None:
