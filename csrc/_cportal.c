@@ -226,6 +226,7 @@ module_exec(PyObject *module)
     }
     if (find_getter(&PyCoro_Type, "cr_await", &st->coro_get_await) < 0 ||
         find_getter(&PyCoro_Type, "cr_suspended", &st->coro_get_suspended) < 0 ||
+        find_getter(&PyCoro_Type, "cr_running", &st->coro_get_running) < 0 ||
         find_getter(&PyGen_Type, "gi_suspended", &st->gen_get_suspended) < 0)
     {
         return -1;

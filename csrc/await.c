@@ -40,18 +40,55 @@ gbl_descends_from(PyGreenlet *g, PyGreenlet *runner)
     return PyErr_Occurred() ? -1 : 0;
 }
 
+/* Whether the frame of coroutine coro runs on this greenlet's stack: 1, 0,
+ * or -1 with an exception. */
+static int
+gbl_on_this_stack(PyObject *coro)
+{
+    PyObject *frame = PyObject_GetAttrString(coro, "cr_frame");
+    if (frame == NULL) {
+        return -1;
+    }
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    int found = 0;
+    while (f != NULL && !found) {
+        found = (PyObject *)f == frame;
+        Py_SETREF(f, PyFrame_GetBack(f));
+    }
+    Py_XDECREF(f);
+    Py_DECREF(frame);
+    return found;
+}
+
 /* What ``await aw`` would iterate over (new reference), with await's errors. */
 static PyObject *
 gbl_awaitable_iter(PyObject *aw)
 {
     if (PyCoro_CheckExact(aw)) {
-        /* as await: a coroutine suspended in an await has an awaiter */
+        /* as await: a coroutine suspended in an await has an awaiter; so
+         * has one running on the stack of a greenlet parked in await_ */
         PyObject *yf = gbl_st.coro_get_await(aw, NULL);
         if (yf == NULL) {
             return NULL;
         }
         Py_DECREF(yf);
-        if (yf != Py_None) {
+        int awaited = yf != Py_None;
+        if (!awaited) {
+            PyObject *running = gbl_st.coro_get_running(aw, NULL);
+            if (running == NULL) {
+                return NULL;
+            }
+            Py_DECREF(running);
+            if (running == Py_True) {
+                awaited = gbl_on_this_stack(aw);
+                if (awaited < 0) {
+                    return NULL;
+                }
+                awaited = !awaited;
+            }
+        }
+        if (awaited) {
             PyErr_SetString(PyExc_RuntimeError, "coroutine is being awaited already");
             return NULL;
         }

@@ -41,6 +41,7 @@ typedef struct {
     PyObject *errors_module; /* greenback_loop._errors, imported on first use */
     getter coro_get_await;   /* the C getter of coroutine.cr_await */
     getter coro_get_suspended; /* ... of coroutine.cr_suspended */
+    getter coro_get_running;   /* ... of coroutine.cr_running */
     getter gen_get_suspended;  /* ... of generator.gi_suspended */
     PyObject *gc_callback;     /* ours, in gc.callbacks (see gbl_gc_callback) */
     PyObject *gc_callbacks;    /* the list the collector calls (gc.callbacks) */

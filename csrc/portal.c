@@ -669,8 +669,29 @@ portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+portal_iter(PortalObject *self)
+{
+    return Py_NewRef(self);
+}
+
+/* As await on the coroutine itself: refused while it awaits something (a
+ * task's coroutine between steps), here or parked in await_. */
+static PyObject *
 portal_await(PortalObject *self)
 {
+    int awaited = self->resume != NULL;
+    if (!awaited && self->coro != NULL && PyCoro_CheckExact(self->coro)) {
+        PyObject *yf = gbl_st.coro_get_await(self->coro, NULL);
+        if (yf == NULL) {
+            return NULL;
+        }
+        Py_DECREF(yf);
+        awaited = yf != Py_None;
+    }
+    if (awaited) {
+        PyErr_SetString(PyExc_RuntimeError, "coroutine is being awaited already");
+        return NULL;
+    }
     return Py_NewRef(self);
 }
 
@@ -807,7 +828,7 @@ static PyType_Slot portal_slots[] = {
     {Py_tp_finalize, portal_finalize},
     {Py_tp_traverse, portal_traverse},
     {Py_tp_clear, portal_clear},
-    {Py_tp_iter, portal_await},
+    {Py_tp_iter, portal_iter},
     {Py_tp_iternext, portal_iternext},
     {Py_tp_getattro, portal_getattro},
     {Py_tp_repr, portal_repr},

@@ -495,6 +495,13 @@ class Portal:
             value = None
 
     def __await__(self) -> Portal:
+        # as await on the coroutine itself: refused while it awaits
+        # something (a task's coroutine between steps), here or parked
+        coro = self._coro
+        if self._resume is not None or (
+            type(coro) is types.CoroutineType and coro.cr_await is not None
+        ):
+            raise RuntimeError("coroutine is being awaited already")
         return self
 
     def __iter__(self) -> Portal:
@@ -784,17 +791,28 @@ def in_portal() -> bool:
     return False
 
 
+def _on_this_stack(frame: Any) -> bool:
+    """Whether *frame* runs on the current greenlet's stack."""
+    f = sys._getframe(1)
+    while f is not None:
+        if f is frame:
+            return True
+        f = f.f_back
+    return False
+
+
 def _awaitable_iter(aw: Any) -> Any:
     """What ``await aw`` would iterate over, with ``await``'s errors."""
     t = type(aw)
     if t is types.CoroutineType:
-        if aw.cr_await is not None:
+        if aw.cr_await is not None or (aw.cr_running and not _on_this_stack(aw.cr_frame)):
+            # awaiting something, maybe from a greenlet parked in await_
             raise RuntimeError("coroutine is being awaited already")
         return aw
     if t is types.GeneratorType and aw.gi_code.co_flags & _CO_ITERABLE_COROUTINE:
         return aw
-    meth = getattr(t, "__await__", None)
-    if meth is None:
+    meth = getattr(t, "__await__", _NO_ARGUMENT)
+    if meth is _NO_ARGUMENT:
         raise TypeError(_NOT_AWAITABLE % t.__name__)
     it = meth(aw)
     ti = type(it)

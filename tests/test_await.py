@@ -560,3 +560,56 @@ async def test_sync_generator_closed_by_the_task_may_await() -> None:
     with contextlib.closing(rows()) as g2:
         next(g2)
     assert log == ["cleanup 2", "cleanup 2"]
+
+
+async def test_coroutine_awaited_elsewhere_is_refused_as_await_refuses_it() -> None:
+    """await_ of a coroutine another task is awaiting raises "coroutine is
+    being awaited already", whether that task waits in an await, inside
+    await_, or is the task's own coroutine (its portal), and so does await
+    (but for the coroutine parked in await_: CPython's await sees it running
+    and says "coroutine already executing", docs/limits.rst). Nothing is
+    stepped outside its task."""
+    ev = asyncio.Event()
+
+    async def inner() -> str:
+        await ev.wait()
+        return "inner"
+
+    async def parked_inner() -> str:
+        greenback_loop.await_(ev.wait())
+        return "parked inner"
+
+    async def awaits(c: Any) -> str:
+        return await c  # type: ignore[no-any-return]
+
+    c1, c2 = inner(), parked_inner()
+    tasks = [asyncio.create_task(awaits(c1)), asyncio.create_task(awaits(c2))]
+    tasks.append(asyncio.create_task(inner()))
+    await asyncio.sleep(0)
+    for what in (c1, c2, tasks[2].get_coro()):
+        with pytest.raises(RuntimeError, match="coroutine is being awaited already"):
+            greenback_loop.await_(what)
+        if what is c2:
+            continue
+
+        async def plain_await(w: Any = what) -> None:
+            await w
+
+        with pytest.raises(RuntimeError, match="coroutine is being awaited already"):
+            await plain_await()
+    ev.set()
+    assert await asyncio.gather(*tasks) == ["inner", "parked inner", "inner"]
+
+
+async def test_await_is_none_error_is_the_one_await_gives() -> None:
+    class AwaitIsNone:
+        __await__ = None
+
+    async def plain() -> None:
+        await AwaitIsNone()  # type: ignore[misc]
+
+    with pytest.raises(TypeError) as expected:
+        await plain()
+    with pytest.raises(TypeError) as got:
+        greenback_loop.await_(AwaitIsNone())  # type: ignore[arg-type]
+    assert str(got.value) == str(expected.value)

@@ -1146,13 +1146,6 @@ add(
 
     run(main())
     """,
-    xfail={
-        ("*", "*"): "await_(c) of a coroutine whose frame is parked inside await_ gives "
-        "ValueError('coroutine already executing') where await gives RuntimeError('coroutine "
-        "is being awaited already'); awaiting another task's portal (task.get_coro()) steps "
-        "that task's coroutine instead of refusing (Portal.__await__ has no such check), "
-        "and the awaiting task ends up waiting on the other task's future"
-    },
 )
 
 add(
@@ -1269,11 +1262,6 @@ add(
         r"^  ",
         r"^RuntimeWarning: Enable tracemalloc",
     ),
-    xfail={
-        ("python", "*"): "twin: for a class whose __await__ is None, await_ says the object "
-        "cannot be awaited where await (and the C core) call None: \"'NoneType' object is "
-        'not callable"'
-    },
 )
 
 # 7. Twin parity -------------------------------------------------------------------
