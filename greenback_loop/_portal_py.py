@@ -793,7 +793,7 @@ def in_portal() -> bool:
 
 def _on_this_stack(frame: Any) -> bool:
     """Whether *frame* runs on the current greenlet's stack."""
-    f = sys._getframe(1)
+    f: types.FrameType | None = sys._getframe(1)
     while f is not None:
         if f is frame:
             return True
