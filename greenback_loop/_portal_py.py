@@ -280,7 +280,7 @@ def _runner_main(box: list[Any]) -> None:
             raise RuntimeError(_FOREIGN_SWITCH)
         p._msg = msg
         msg = None  # type: ignore[assignment]
-        stepper = p._stepper
+        stepper = p._stepper()
         box = [p]
         p = None
         try:
@@ -387,7 +387,10 @@ class Portal:
     _runner: greenlet | None  # while stepping, parked, or pinned by outside refs
     _resume: greenlet | None  # the greenlet parked in await_, between steps
     _awaiting: Any  # what await_ drives while parked
-    _stepper: greenlet | None  # the greenlet doing the step: set exactly while stepping
+    # The greenlet doing the step, weakly (set exactly while stepping): no
+    # reference to a stepping greenlet stays on its own suspended stack, so
+    # dropping a greenlet that hosts a loop mid-step kills and unwinds it.
+    _stepper: weakref.ref[greenlet] | None
     _target: greenlet | None  # the greenlet the step entered
     _job: tuple[bool, Any] | None  # (throw, arg), until the target takes it
     _msg: tuple[Any, ...] | None  # the step's message, for the stepper
@@ -541,7 +544,8 @@ class Portal:
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
         _switch_headroom()
-        cur = getcurrent()
+        cur: greenlet | None = getcurrent()
+        assert cur is not None
         resume = self._resume
         awaiting = None
         if resume is not None:
@@ -565,7 +569,8 @@ class Portal:
         self._job = (throw, arg)
         arg = None
         self._target = target
-        self._stepper = cur
+        self._stepper = stepper = weakref.ref(cur)
+        cur = None
         prev = st.current
         st.current = self
         ret: Any = None
@@ -574,7 +579,7 @@ class Portal:
             ret = target.switch([self])
         except BaseException as exc:
             thrown = exc
-        ret, thrown = self._wait(cur, ret, thrown)
+        ret, thrown = self._wait(stepper, ret, thrown)
         if type(ret) is list and ret == [self]:
             ret.clear()  # the message's box: the sender's frame keeps it
         st.current = prev
@@ -585,7 +590,7 @@ class Portal:
             self._failed(ret, thrown, resume, awaiting)
         job_left, self._job = self._job, None
         del job_left
-        ret = cur = target = resume = awaiting = None
+        ret = stepper = target = resume = awaiting = None
         kind = msg[0]
         if kind == _SUSPEND:
             self._resume = msg[2]
@@ -604,7 +609,9 @@ class Portal:
             return False, StopIteration(value)
         return False, value
 
-    def _wait(self, cur: greenlet, ret: Any, thrown: BaseException | None) -> Any:
+    def _wait(
+        self, stepper: weakref.ref[greenlet], ret: Any, thrown: BaseException | None
+    ) -> Any:
         """While the step runs, wait for its message; refuse anything else
         that switches or throws into the stepping greenlet (it came from
         inside the step), and unwind the step's greenlet if the stepping one
@@ -615,7 +622,7 @@ class Portal:
             to = self._target
             if to is None or to.dead:
                 to = self._runner
-            if to is None or to is cur or to.dead:
+            if to is None or to is stepper() or to.dead:
                 return ret, thrown  # the runner ended
             if thrown is not None and _being_killed(thrown):
                 exc = thrown
@@ -850,7 +857,7 @@ def _park(box: list[Any], aw: Any, me: int) -> tuple[Portal | None, bool, Any]:
     ``(portal, throw, arg)``, or ``(None, True, exc)`` when no step can take
     this greenlet any more (it is being killed)."""
     p = box[0]
-    stepper = p._stepper
+    stepper = p._stepper()
     p = None
     ret: Any = None
     thrown: BaseException | None = None

@@ -1,5 +1,3 @@
-# Work in progress, not collected (see issue 9 note): written against 7a8a012; several
-# xfails encode bugs fixed since and others disagree with changed behaviour; triage first.
 """Hostile reproducers: what a user who pokes at the machinery might write.
 
 Each scenario is a script run in a subprocess, once per core (the C core
@@ -1024,12 +1022,6 @@ add(
     run(asyncio.sleep(0))  # a new loop in this thread still works
     out("main: new loop ran")
     """,
-    xfail={
-        ("python", "*"): "twin: Portal._step keeps the stepping greenlet in a local "
-        "(cur) on its own suspended stack, so a greenlet hosting a loop mid-step is never "
-        "freed when dropped: no GreenletExit, no finally blocks, and the thread's running "
-        "loop stays set, so a later asyncio.run() in the thread fails"
-    },
 )
 
 add(
@@ -1535,11 +1527,10 @@ add(
     read loop greenlet's gr_context Context
     """,
     xfail={
-        ("c", "*"): "C core: during a step the loop's greenlet has no saved top frame (the "
-        "core unlinks the frame chain for the switch), so greenlet takes it for a greenlet "
-        "running in another thread: reading its gr_context raises ValueError('cannot get "
-        "context of a greenlet that is running in a different thread'); the twin gives the "
-        "Context"
+        ("c", "*"): "documented limit (docs/limits.rst, the stack seen from inside a step): "
+        "the C core unlinks the stepping greenlet's frames for the switch, so greenlet finds "
+        "no saved frame and takes it for a greenlet running in another thread: its "
+        "gr_context raises ValueError"
     },
 )
 
