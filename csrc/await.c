@@ -6,14 +6,11 @@
 static PyObject *
 gbl_outside_portal(PyObject *aw, int nested)
 {
-    gbl_globals *st = &gbl_st;
-    if (st->errors_module == NULL) {
-        st->errors_module = PyImport_ImportModule("greenback_loop._errors");
-        if (st->errors_module == NULL) {
-            return NULL;
-        }
+    PyObject *errors = gbl_errors_module();
+    if (errors == NULL) {
+        return NULL;
     }
-    PyObject *exc = PyObject_CallMethod(st->errors_module, "await_outside_portal", "OO", aw,
+    PyObject *exc = PyObject_CallMethod(errors, "await_outside_portal", "OO", aw,
                                         nested ? Py_True : Py_False);
     if (exc != NULL) {
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);

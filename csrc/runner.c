@@ -297,6 +297,17 @@ gbl_bounce(ThreadStateObject *ts, PyGreenlet *me, PyObject *ret)
     return ret;
 }
 
+/* greenback_loop._errors (borrowed), imported on first use, or NULL with
+ * an exception. */
+static PyObject *
+gbl_errors_module(void)
+{
+    if (gbl_st.errors_module == NULL) {
+        gbl_st.errors_module = PyImport_ImportModule("greenback_loop._errors");
+    }
+    return gbl_st.errors_module;
+}
+
 /* -- collections ---------------------------------------------------------------- */
 
 /* In gc.callbacks: note in this thread's state when a collection starts

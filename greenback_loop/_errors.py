@@ -95,3 +95,23 @@ def no_retrofit_error(what: str, loop: object) -> RuntimeError:
         f"(event loop: {type(loop).__module__}.{type(loop).__qualname__}); "
         "giving a portal to an existing asyncio task is not supported yet. " + _RUN_HINT
     )
+
+
+def redeliver_interrupt(exc: BaseException) -> bool:
+    """Whether *exc*, a KeyboardInterrupt that landed in a core's bookkeeping
+    right after a step's switch back (a signal handler runs at whatever
+    bytecode is next), was handed to the running event loop to raise from a
+    callback of its own: it then stops the loop as a Ctrl-C landing in the
+    loop's code does, and the step keeps what it brought (a yielded value is
+    not lost). Without a running loop it cannot be, and the step raises it."""
+    if type(exc) is not KeyboardInterrupt:
+        return False
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return False
+    loop.call_soon(_raise, exc)
+    return True
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc

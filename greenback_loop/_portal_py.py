@@ -52,7 +52,7 @@ from typing import Any, NoReturn, TypeVar
 from greenlet import GreenletExit, getcurrent, greenlet
 from greenlet import error as greenlet_error
 
-from ._errors import await_outside_portal
+from ._errors import await_outside_portal, redeliver_interrupt
 
 __all__ = ["Portal", "await_", "in_portal", "portal_create_task"]
 
@@ -597,7 +597,7 @@ class Portal:
             self._awaiting = msg[3]
         else:
             self._release_runner(st, kind != _YIELD)
-        if thrown is not None:
+        if thrown is not None and not redeliver_interrupt(thrown):
             # A message came, but the switch back raised (a settrace
             # callback): the step's state is kept, that error raised.
             return False, thrown

@@ -420,3 +420,49 @@ def test_exit_unwinds_parked_tasks_as_plain_asyncio(loop_kind: str, impl: str) -
     assert plain.stdout.replace("user atexit\n", "") == expected.replace("user atexit\n", "")
     assert ours.stdout == expected, ours.stderr
     assert ours.returncode == 0 and "Fatal Python error" not in ours.stderr
+
+
+def test_interrupt_landing_after_a_switch_back_keeps_the_task(loop_kind: str, impl: str) -> None:
+    """A KeyboardInterrupt raised just after a step's switch back (where a
+    Ctrl-C can land in the pure-Python core; here a greenlet.settrace
+    callback raises it) stops the loop as a Ctrl-C in the loop's code does,
+    and the task keeps what its step yielded: it goes on waiting and ends
+    with its result. Before, the task ended with the KeyboardInterrupt and
+    the future it waited on was lost."""
+    env = dict(os.environ)
+    env["GREENBACK_LOOP_NO_EXTENSIONS"] = "1" if impl == "python" else "0"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, greenlet, greenback_loop
+        assert greenback_loop.implementation == {impl!r}
+        loop = greenback_loop.new_event_loop(uvloop={loop_kind == "uvloop"!r})
+        fut = loop.create_future()
+
+        async def body():
+            return await fut
+
+        task = loop.create_task(body())
+        main = greenlet.getcurrent()
+        armed = [True]
+
+        def tracer(event, args):
+            if armed[0] and event == "switch" and args[1] is main:
+                armed[0] = False  # the first switch back: body's first step
+                raise KeyboardInterrupt
+
+        greenlet.settrace(tracer)
+        try:
+            loop.run_until_complete(asyncio.sleep(0))
+        except KeyboardInterrupt:
+            print("interrupted")
+        greenlet.settrace(None)
+        print("task done:", task.done())
+        loop.call_soon(fut.set_result, "ok")
+        print(loop.run_until_complete(task))
+        loop.close()
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.stdout == "interrupted\ntask done: False\nok\n", proc.stdout + proc.stderr
