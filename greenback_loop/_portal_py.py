@@ -280,11 +280,11 @@ def _runner_main(box: list[Any]) -> None:
             raise RuntimeError(_FOREIGN_SWITCH)
         p._msg = msg
         msg = None  # type: ignore[assignment]
-        stepper = p._stepper()
+        stepper = p._stepper()  # alive: it is in the middle of the step
         box = [p]
         p = None
         try:
-            ret = stepper.switch(box)
+            ret = stepper.switch(box)  # type: ignore[union-attr]
         except BaseException as exc:
             thrown = exc
         stepper = box = None  # type: ignore[assignment]
@@ -569,7 +569,8 @@ class Portal:
         self._job = (throw, arg)
         arg = None
         self._target = target
-        self._stepper = stepper = weakref.ref(cur)
+        stepper: weakref.ref[greenlet] | None = weakref.ref(cur)
+        self._stepper = stepper
         cur = None
         prev = st.current
         st.current = self
@@ -579,7 +580,7 @@ class Portal:
             ret = target.switch([self])
         except BaseException as exc:
             thrown = exc
-        ret, thrown = self._wait(stepper, ret, thrown)
+        ret, thrown = self._wait(stepper, ret, thrown)  # type: ignore[arg-type]
         if type(ret) is list and ret == [self]:
             ret.clear()  # the message's box: the sender's frame keeps it
         st.current = prev
@@ -609,9 +610,7 @@ class Portal:
             return False, StopIteration(value)
         return False, value
 
-    def _wait(
-        self, stepper: weakref.ref[greenlet], ret: Any, thrown: BaseException | None
-    ) -> Any:
+    def _wait(self, stepper: weakref.ref[greenlet], ret: Any, thrown: BaseException | None) -> Any:
         """While the step runs, wait for its message; refuse anything else
         that switches or throws into the stepping greenlet (it came from
         inside the step), and unwind the step's greenlet if the stepping one
