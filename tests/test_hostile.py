@@ -1306,6 +1306,8 @@ add(
     "portal_bad_arguments",
     """
     # Portal() misuse: the same TypeErrors from both cores, no noise.
+    import warnings
+    warnings.simplefilter("ignore", DeprecationWarning)  # throw(type, value, tb), 3.12+
     Portal = greenback_loop._impl.core.Portal
 
     async def coro_fn():
