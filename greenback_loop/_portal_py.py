@@ -141,14 +141,14 @@ def _suspended(coro: Any, frame: Any, running: bool, name: str) -> bool:
     return frame is not None and not running and frame.f_lasti >= 0  # pragma: no cover
 
 
-def _gc_callback(phase: str, info: Any) -> None:
+def _gc_callback(phase: str, info: Any, _state: _ThreadState = _state, _idle: Any = _IDLE) -> None:
     """In gc.callbacks: note the portal whose step a collection runs in.
     Code the collector runs (finalizers, ``__del__``, weakref callbacks)
     runs in the middle of that step, where the task never awaited: await_
     must not suspend it there (nor the collection, which would hold every
-    other collection off until resumed)."""
-    st = _state
-    st.gc_portal = st.current if phase == "start" else _IDLE
+    other collection off until resumed). (What it uses is bound as defaults:
+    collections run while modules are torn down too.)"""
+    _state.gc_portal = _state.current if phase == "start" else _idle
 
 
 def _watch_collections() -> None:
