@@ -231,11 +231,21 @@ gbl_park(PortalObject *p, PyGreenlet *me, PyObject *aw, PyObject *value, int *pt
             return p;
         }
         if (ret == NULL && (p = gbl_step_entering(ts, me)) != NULL) {
-            /* the step's switch raised (a settrace callback): throw that */
+            /* the step's switch raised (a settrace callback): throw that,
+             * unless it is an interrupt the loop raises instead */
             Py_INCREF(p);
+            gbl_args_drop(&p->job_args);
+            PyObject *exc = gbl_fetch_exception();
+            if (gbl_redeliver_interrupt(exc)) {
+                Py_DECREF(exc);
+                *pthrow = p->job_throw;
+                *parg = p->job_arg;
+                p->job_arg = NULL;
+                return p;
+            }
             Py_CLEAR(p->job_arg);
             *pthrow = 1;
-            *parg = gbl_fetch_exception();
+            *parg = exc;
             return p;
         }
         if (ts == NULL || (ret == NULL && gbl_is_being_killed(me))) {

@@ -159,24 +159,6 @@ step_release_runner(PortalObject *self, ThreadStateObject *ts, int finished)
     }
 }
 
-/* Whether exc, raised by the switch back of a step that brought its
- * message, is a KeyboardInterrupt handed back to the signal machinery (see
- * _errors.redeliver_interrupt): the step then keeps its message. */
-static int
-step_redeliver_interrupt(PyObject *exc)
-{
-    if (!PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)) {
-        return 0;
-    }
-    PyObject *errors = gbl_errors_module();
-    PyObject *r = errors == NULL ? NULL
-                                 : PyObject_CallMethod(errors, "redeliver_interrupt", "O", exc);
-    int done = r == Py_True;
-    Py_XDECREF(r);
-    PyErr_Clear();
-    return done;
-}
-
 /* One step: send arg into the coroutine, or throw it in. */
 static PySendResult
 portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
@@ -292,7 +274,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     /* A message came; if the switch back raised anyway (a settrace
      * callback), the step's state is kept but that error is raised. */
     PyObject *switch_error = ret == NULL ? gbl_fetch_exception() : NULL;
-    if (switch_error != NULL && step_redeliver_interrupt(switch_error)) {
+    if (switch_error != NULL && gbl_redeliver_interrupt(switch_error)) {
         Py_CLEAR(switch_error);
     }
     Py_XDECREF(ret);

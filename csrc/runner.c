@@ -308,6 +308,26 @@ gbl_errors_module(void)
     return gbl_st.errors_module;
 }
 
+/* Whether exc, which a switch raised where it brought a step's message or
+ * job (a settrace callback raising; in the twin also a signal), is a
+ * KeyboardInterrupt handed to the running loop to raise from a callback
+ * (see _errors.redeliver_interrupt): the message or job is then kept.
+ * Leaves no exception set. */
+static int
+gbl_redeliver_interrupt(PyObject *exc)
+{
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)) {
+        return 0;
+    }
+    PyObject *errors = gbl_errors_module();
+    PyObject *r = errors == NULL ? NULL
+                                 : PyObject_CallMethod(errors, "redeliver_interrupt", "O", exc);
+    int done = r == Py_True;
+    Py_XDECREF(r);
+    PyErr_Clear();
+    return done;
+}
+
 /* -- collections ---------------------------------------------------------------- */
 
 /* In gc.callbacks: note in this thread's state when a collection starts
@@ -548,10 +568,18 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
             gbl_args_drop(&p->job_args);
         }
         else if (ret == NULL && (p = gbl_step_entering(ts = gbl_tls, me)) != NULL) {
-            /* the step's switch raised (a settrace callback): throw that */
+            /* the step's switch raised (a settrace callback): throw that,
+             * unless it is an interrupt the loop raises instead */
             Py_INCREF(p);
-            Py_SETREF(p->job_arg, gbl_fetch_exception());
-            p->job_throw = 1;
+            PyObject *exc = gbl_fetch_exception();
+            if (gbl_redeliver_interrupt(exc)) {
+                Py_DECREF(exc);
+            }
+            else {
+                Py_SETREF(p->job_arg, exc);
+                p->job_throw = 1;
+            }
+            gbl_args_drop(&p->job_args);
         }
         else if ((ts = gbl_tls) == NULL || (ret == NULL && gbl_is_being_killed(me))) {
             Py_XDECREF(ret);

@@ -235,7 +235,7 @@ def _runner_main(box: list[Any]) -> None:
         if p is None:
             if thrown is not None:
                 p = _step_entering(me)
-            if p is not None:
+            if p is not None and not redeliver_interrupt(thrown):  # type: ignore[arg-type]
                 p._job = (True, thrown)  # the step's switch raised: throw that
             elif thrown is not None and _being_killed(thrown):
                 raise thrown  # dropped while idle: end
@@ -875,6 +875,10 @@ def _park(box: list[Any], aw: Any, me: int) -> tuple[Portal | None, bool, Any]:
         else:
             q = _step_entering(me)
             if q is not None:
+                if redeliver_interrupt(thrown):
+                    throw, arg = q._job  # type: ignore[misc]
+                    q._job = None
+                    return q, throw, arg
                 q._job = None
                 return q, True, thrown  # the step's switch raised: throw that
             if _being_killed(thrown):

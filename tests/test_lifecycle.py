@@ -463,13 +463,18 @@ def test_exit_unwinds_parked_tasks_as_plain_asyncio(loop_kind: str, impl: str) -
     assert ours.returncode == 0 and "Fatal Python error" not in ours.stderr
 
 
-def test_interrupt_landing_after_a_switch_back_keeps_the_task(loop_kind: str, impl: str) -> None:
-    """A KeyboardInterrupt raised just after a step's switch back (where a
+@pytest.mark.parametrize("where", ["step-returns", "resumes-parked"])
+def test_interrupt_landing_after_a_switch_keeps_the_task(
+    loop_kind: str, impl: str, where: str
+) -> None:
+    """A KeyboardInterrupt raised just after a switch of a step (where a
     Ctrl-C can land in the pure-Python core; here a greenlet.settrace
-    callback raises it) stops the loop as a Ctrl-C in the loop's code does,
-    and the task keeps what its step yielded: it goes on waiting and ends
-    with its result. Before, the task ended with the KeyboardInterrupt and
-    the future it waited on was lost."""
+    callback raises it): after the switch back that ends a step, or after
+    the switch that resumes a task parked in await_. It stops the loop as a
+    Ctrl-C in the loop's code does, and the task keeps what the switch
+    brought: it goes on and ends with its result. Before, the task ended
+    with the KeyboardInterrupt (or had it thrown in), losing the future it
+    waited on or the value sent to it."""
     env = dict(os.environ)
     env["GREENBACK_LOOP_NO_EXTENSIONS"] = "1" if impl == "python" else "0"
     script = textwrap.dedent(
@@ -478,27 +483,38 @@ def test_interrupt_landing_after_a_switch_back_keeps_the_task(loop_kind: str, im
         assert greenback_loop.implementation == {impl!r}
         loop = greenback_loop.new_event_loop(uvloop={loop_kind == "uvloop"!r})
         fut = loop.create_future()
+        RESUME = {where == "resumes-parked"!r}
 
         async def body():
+            if RESUME:
+                return greenback_loop.await_(fut)
             return await fut
 
         task = loop.create_task(body())
         main = greenlet.getcurrent()
-        armed = [True]
+        armed = [not RESUME]
 
         def tracer(event, args):
-            if armed[0] and event == "switch" and args[1] is main:
-                armed[0] = False  # the first switch back: body's first step
+            if armed[0] and event == "switch" and (args[1] is not main) == RESUME:
+                armed[0] = False
                 raise KeyboardInterrupt
 
         greenlet.settrace(tracer)
-        try:
-            loop.run_until_complete(asyncio.sleep(0))
-        except KeyboardInterrupt:
-            print("interrupted")
+        interrupted = False
+        for i in range(2):  # body's first step, then its second
+            if RESUME and i == 1:
+                armed[0] = True  # the switch into the greenlet parked in await_
+                fut.set_result("ok")
+            try:
+                loop.run_until_complete(asyncio.sleep(0))
+            except KeyboardInterrupt:
+                interrupted = True
         greenlet.settrace(None)
+        if interrupted:
+            print("interrupted")
         print("task done:", task.done())
-        loop.call_soon(fut.set_result, "ok")
+        if not RESUME:
+            loop.call_soon(fut.set_result, "ok")
         print(loop.run_until_complete(task))
         loop.close()
         """
@@ -506,4 +522,6 @@ def test_interrupt_landing_after_a_switch_back_keeps_the_task(loop_kind: str, im
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
     )
-    assert proc.stdout == "interrupted\ntask done: False\nok\n", proc.stdout + proc.stderr
+    # (resumed with its result, the task finishes in that very step)
+    done = where == "resumes-parked"
+    assert proc.stdout == f"interrupted\ntask done: {done}\nok\n", proc.stdout + proc.stderr
