@@ -103,14 +103,18 @@ gbl_awaitable_iter(PyObject *aw)
     if (it == NULL) {
         return NULL;
     }
-    if (PyCoro_CheckExact(it) || gbl_is_iterable_coroutine(it)) {
-        PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
-        Py_DECREF(it);
-        return NULL;
-    }
-    if (!PyIter_Check(it)) {
-        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
-                     Py_TYPE(it)->tp_name);
+    if (PyCoro_CheckExact(it) || gbl_is_iterable_coroutine(it) || !PyIter_Check(it)) {
+#if PY_VERSION_HEX >= 0x030F0000
+        PyErr_Format(PyExc_TypeError, "%T.__await__() must return an iterator, not %T", aw, it);
+#else
+        if (PyIter_Check(it)) {
+            PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                         Py_TYPE(it)->tp_name);
+        }
+#endif
         Py_DECREF(it);
         return NULL;
     }

@@ -72,6 +72,8 @@ _CO_ITERABLE_COROUTINE = 0x100
 _HAS_CR_SUSPENDED = hasattr(types.CoroutineType, "cr_suspended")
 _HAS_CR_STATE = hasattr(types.CoroutineType, "cr_state")  # 3.15+
 _CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
+# 3.15 words a bad __await__() result "T.__await__() must return an iterator, not U"
+_AWAIT_MUST_RETURN_ITERATOR = sys.version_info >= (3, 15)
 _NO_ARGUMENT: Any = object()  # send() called without its argument
 _IDLE: Any = object()  # _ThreadState.gc_portal while no collection runs
 _getrefcount = getattr(sys, "getrefcount", None)
@@ -822,13 +824,26 @@ def _awaitable_iter(aw: Any) -> Any:
         raise TypeError(_NOT_AWAITABLE % t.__name__)
     it = meth(aw)
     ti = type(it)
-    if ti is types.CoroutineType or (
+    coroutine = ti is types.CoroutineType or (
         ti is types.GeneratorType and it.gi_code.co_flags & _CO_ITERABLE_COROUTINE
-    ):
-        raise TypeError("__await__() returned a coroutine")
-    if not hasattr(ti, "__next__"):
+    )
+    if coroutine or not hasattr(ti, "__next__"):
+        if _AWAIT_MUST_RETURN_ITERATOR:
+            raise TypeError(
+                f"{_qualified(t)}.__await__() must return an iterator, not {_qualified(ti)}"
+            )
+        if coroutine:
+            raise TypeError("__await__() returned a coroutine")
         raise TypeError(f"__await__() returned non-iterator of type '{ti.__name__}'")
     return it
+
+
+def _qualified(t: type) -> str:
+    """A type's name as CPython's ``%T`` formats it."""
+    module = getattr(t, "__module__", None)
+    if not isinstance(module, str) or module in ("builtins", "__main__"):
+        return t.__qualname__
+    return f"{module}.{t.__qualname__}"
 
 
 def _chain_handled(exc: BaseException) -> BaseException:

@@ -1439,6 +1439,15 @@ add(
     dropped task unwound in the loop thread [True]
     """,
     stderr_ok=(r"Task was destroyed but it is pending", r"^task: <Task pending"),
+    xfail={
+        key: "3.15 (greenlet 3.5.6): a task parked in await_ and dropped in another thread "
+        "is collected there, but its greenlet is not unwound in the loop's thread afterwards "
+        "(its finally blocks do not run); C core on uvloop excepted; cause not found yet "
+        "(docs/limits.rst)"
+        for key in (("c", "asyncio"), ("python", "asyncio"), ("python", "uvloop"))
+    }
+    if sys.version_info >= (3, 15)
+    else {},
 )
 
 # 9. Memory exhaustion ---------------------------------------------------------------
