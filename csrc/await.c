@@ -103,11 +103,12 @@ gbl_awaitable_iter(PyObject *aw)
     if (it == NULL) {
         return NULL;
     }
-    if (PyCoro_CheckExact(it) || gbl_is_iterable_coroutine(it) || !PyIter_Check(it)) {
+    int coroutine = PyCoro_CheckExact(it) || gbl_is_iterable_coroutine(it);
+    if (coroutine || !PyIter_Check(it)) {
 #if PY_VERSION_HEX >= 0x030F0000
         PyErr_Format(PyExc_TypeError, "%T.__await__() must return an iterator, not %T", aw, it);
 #else
-        if (PyIter_Check(it)) {
+        if (coroutine) {
             PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
         }
         else {

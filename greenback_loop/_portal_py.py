@@ -446,7 +446,12 @@ class Portal:
                 DeprecationWarning,
                 stacklevel=2,
             )
-        ok, value = self._step(True, _make_exception(typ, *rest))
+        exc = _make_exception(typ, *rest)
+        # This frame lands in the traceback of what the step raises, which
+        # is often the very exception thrown in: it must not refer to it.
+        args = rest = typ = None  # type: ignore[assignment]
+        ok, value = self._step(True, exc)
+        exc = None  # type: ignore[assignment]
         if ok:
             return value
         try:

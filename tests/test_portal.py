@@ -506,3 +506,28 @@ def test_finished_tasks_leave_no_reference_cycles(run: Any) -> None:
         return counts
 
     assert run(main()) == [0, 0, 0]
+
+
+def test_an_exception_thrown_in_and_raised_back_leaves_no_cycle() -> None:
+    """throw(exc) whose coroutine lets exc out: exc's traceback holds the
+    portal method's frame, which must not hold exc (a cycle only the
+    collector frees; it kept a timed-out SSL handshake's context alive in
+    CPython's test_ssl)."""
+
+    async def body() -> None:
+        await suspend("parked")
+
+    portal = Portal(body())
+    assert portal.send(None) == "parked"
+    exc = ValueError("thrown")
+    gc.collect()
+    gc.disable()
+    try:
+        try:
+            portal.throw(exc)
+        except ValueError as raised:
+            assert raised is exc
+        del exc, portal
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
