@@ -1442,8 +1442,10 @@ add(
     xfail={
         key: "3.15 (greenlet 3.5.6): a task parked in await_ and dropped in another thread "
         "is collected there, but its greenlet is not unwound in the loop's thread afterwards "
-        "(its finally blocks do not run); C core on uvloop excepted; cause not found yet "
-        "(docs/limits.rst)"
+        "(its finally blocks do not run); C core on uvloop excepted. On 3.15 greenlet no "
+        "longer marks suspended greenlets uncollectable (no tp_is_gc), so the collector "
+        "clears the cycle through the parked frames before greenlet's deferred kill can "
+        "unwind them (docs/limits.rst)"
         for key in (("c", "asyncio"), ("python", "asyncio"), ("python", "uvloop"))
     }
     if sys.version_info >= (3, 15)
