@@ -308,12 +308,7 @@ module_exec(PyObject *module)
     }
 
     if (st->coroutine_abc == NULL) {
-        PyObject *abc = PyImport_ImportModule("collections.abc");
-        if (abc == NULL) {
-            return -1;
-        }
-        st->coroutine_abc = PyObject_GetAttrString(abc, "Coroutine");
-        Py_DECREF(abc);
+        st->coroutine_abc = gbl_import_attr("collections.abc", "Coroutine");
         if (st->coroutine_abc == NULL) {
             return -1;
         }

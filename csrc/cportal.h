@@ -94,10 +94,9 @@ typedef struct {
        and unnest like calls, so it is always a portal whose step holds it */
     PortalObject *current;
     PyGreenlet *hub; /* this thread's main greenlet: every runner's parent */
-    /* While a garbage collection runs in this thread: 1, and (borrowed)
-     * the portal whose step it runs in, which must not be suspended until
-     * the collection is over. */
-    int in_gc;
+    /* Borrowed, a tag: while a garbage collection runs in this thread, the
+     * portal whose step it runs in (NULL otherwise, or if none), which must
+     * not be suspended until the collection is over. */
     PortalObject *gc_portal;
     int npool;
     PyGreenlet *pool[GBL_POOL_MAX];

@@ -646,10 +646,9 @@ portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     PyObject *result;
-    int was_closing = self->closing;
-    self->closing = 1;
+    self->closing = 1; /* (no close nests in another: the stepper check) */
     PySendResult r = portal_step(self, 1, exit, &result);
-    self->closing = was_closing;
+    self->closing = 0;
     Py_DECREF(exit);
     if (r == PYGEN_NEXT) {
         Py_DECREF(result);

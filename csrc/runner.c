@@ -129,7 +129,6 @@ thread_state_create(void)
     }
     ts->current = NULL;
     ts->hub = NULL;
-    ts->in_gc = 0;
     ts->gc_portal = NULL;
     ts->npool = 0;
     PyObject_GC_Track(ts);
@@ -297,6 +296,19 @@ gbl_bounce(ThreadStateObject *ts, PyGreenlet *me, PyObject *ret)
     return ret;
 }
 
+/* module.name (new reference), or NULL with an exception. */
+static PyObject *
+gbl_import_attr(const char *module, const char *name)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *attr = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    return attr;
+}
+
 /* greenback_loop._errors (borrowed), imported on first use, or NULL with
  * an exception. */
 static PyObject *
@@ -340,14 +352,8 @@ gbl_gc_callback(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
 {
     ThreadStateObject *ts = gbl_tls;
     if (ts != NULL && nargs >= 1 && PyUnicode_Check(args[0])) {
-        if (PyUnicode_CompareWithASCIIString(args[0], "start") == 0) {
-            ts->in_gc = 1;
-            ts->gc_portal = ts->current;
-        }
-        else {
-            ts->in_gc = 0;
-            ts->gc_portal = NULL;
-        }
+        int start = PyUnicode_CompareWithASCIIString(args[0], "start") == 0;
+        ts->gc_portal = start ? ts->current : NULL;
     }
     Py_RETURN_NONE;
 }
@@ -363,12 +369,7 @@ gbl_watch_collections(void)
 {
     gbl_globals *st = &gbl_st;
     if (st->gc_callbacks == NULL) {
-        PyObject *gc = PyImport_ImportModule("gc");
-        if (gc == NULL) {
-            return -1;
-        }
-        st->gc_callbacks = PyObject_GetAttrString(gc, "callbacks");
-        Py_DECREF(gc);
+        st->gc_callbacks = gbl_import_attr("gc", "callbacks");
         if (st->gc_callbacks == NULL) {
             return -1;
         }
@@ -392,7 +393,7 @@ gbl_watch_collections(void)
 static inline int
 gbl_suspends_collection(ThreadStateObject *ts, PortalObject *p)
 {
-    return ts->in_gc && ts->gc_portal == p;
+    return ts->gc_portal == p;
 }
 
 /* -- runners ------------------------------------------------------------------ */

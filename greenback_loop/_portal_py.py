@@ -75,7 +75,6 @@ _CLOSE_RETURNS_VALUE = sys.version_info >= (3, 13)
 # 3.15 words a bad __await__() result "T.__await__() must return an iterator, not U"
 _AWAIT_MUST_RETURN_ITERATOR = sys.version_info >= (3, 15)
 _NO_ARGUMENT: Any = object()  # send() called without its argument
-_IDLE: Any = object()  # _ThreadState.gc_portal while no collection runs
 _getrefcount = getattr(sys, "getrefcount", None)
 
 _FOREIGN_SWITCH = (
@@ -110,9 +109,9 @@ class _ThreadState(threading.local):
         #: is on some greenlet's stack.
         self.current: Portal | None = None
         #: While a garbage collection runs in this thread, the portal whose
-        #: step it runs in (``_IDLE`` otherwise): that step must not be
-        #: suspended until the collection is over (see _gc_callback).
-        self.gc_portal: Portal | None | object = _IDLE
+        #: step it runs in (None otherwise, or if none): that step must not
+        #: be suspended until the collection is over (see _gc_callback).
+        self.gc_portal: Portal | None = None
         #: Idle runner greenlets.
         self.pool: list[greenlet] = []
         #: id()s of runners first started outside the hub, deeper than the
@@ -143,14 +142,14 @@ def _suspended(coro: Any, frame: Any, running: bool, name: str) -> bool:
     return frame is not None and not running and frame.f_lasti >= 0  # pragma: no cover
 
 
-def _gc_callback(phase: str, info: Any, _state: _ThreadState = _state, _idle: Any = _IDLE) -> None:
+def _gc_callback(phase: str, info: Any, _state: _ThreadState = _state) -> None:
     """In gc.callbacks: note the portal whose step a collection runs in.
     Code the collector runs (finalizers, ``__del__``, weakref callbacks)
     runs in the middle of that step, where the task never awaited: await_
     must not suspend it there (nor the collection, which would hold every
     other collection off until resumed). (What it uses is bound as defaults:
     collections run while modules are torn down too.)"""
-    _state.gc_portal = _state.current if phase == "start" else _idle
+    _state.gc_portal = _state.current if phase == "start" else None
 
 
 def _watch_collections() -> None:
@@ -486,13 +485,13 @@ class Portal:
             raise ValueError("coroutine already executing")
         if not self._close_runs_code():
             return self._coro.close()
-        was_closing, self._closing = self._closing, True
+        self._closing = True  # (no close nests in another: the stepper check)
         try:
             ok, value = self._step(True, GeneratorExit())
         except GeneratorExit:
             return None
         finally:
-            self._closing = was_closing
+            self._closing = False
         if ok:
             raise RuntimeError("coroutine ignored GeneratorExit")
         if isinstance(value, GeneratorExit):

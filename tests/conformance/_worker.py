@@ -412,19 +412,18 @@ class Result(unittest.TestResult):
 
     def addError(self, test: Any, err: Any) -> None:  # noqa: N802
         super().addError(test, err)
-        text = _format_error(err)
-        if self._is_current(test):
-            self._set("error", text)
-        else:
-            self._standalone(test, "error", text)
+        self._record_error(test, "error", err)
 
     def addFailure(self, test: Any, err: Any) -> None:  # noqa: N802
         super().addFailure(test, err)
+        self._record_error(test, "fail", err)
+
+    def _record_error(self, test: Any, outcome: str, err: Any) -> None:
         text = _format_error(err)
         if self._is_current(test):
-            self._set("fail", text)
+            self._set(outcome, text)
         else:
-            self._standalone(test, "fail", text)
+            self._standalone(test, outcome, text)
 
     def addSkip(self, test: Any, reason: str) -> None:  # noqa: N802
         super().addSkip(test, reason)
