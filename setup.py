@@ -37,6 +37,7 @@ if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation()
         "-Wextra",
         "-Wno-unused-parameter",
         "-Wno-missing-field-initializers",
+        "-Werror=implicit-function-declaration",
     ]
     link_args: list[str] = []
     undef = []
@@ -65,11 +66,13 @@ if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation()
                 "csrc/portal.c",
                 "csrc/await.c",
                 "csrc/create_task.c",
+                "csrc/task.c",
             ],
             include_dirs=[greenlet_include()],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             undef_macros=undef,
+            libraries=["dl"] if sys.platform.startswith("linux") else [],
         )
     )
 

@@ -9,6 +9,7 @@
 #include "portal.c"
 #include "await.c"
 #include "create_task.c"
+#include "task.c"
 
 #ifdef GBL_DEBUG_BUILD
 static PyObject *
@@ -78,6 +79,20 @@ static PyMethodDef module_methods[] = {
      gbl_portal_create_task_doc},
     {"in_portal", gbl_in_portal, METH_NOARGS,
      "in_portal()\n--\n\nWhether await_() can suspend from the calling greenlet."},
+    {"portal_call_soon", (PyCFunction)(void (*)(void))gbl_portal_call_soon, METH_FASTCALL,
+     gbl_portal_call_soon_doc},
+    {"pointer_offsets", (PyCFunction)(void (*)(void))gbl_pointer_offsets, METH_FASTCALL,
+     "pointer_offsets(obj, referent)\n--\n\n"
+     "Offsets in obj's fixed-size part at which a pointer to referent is stored."},
+    {"asyncio_debug_offsets", gbl_asyncio_debug_offsets, METH_NOARGS,
+     "asyncio_debug_offsets()\n--\n\n"
+     "The Task size and coroutine offset CPython publishes for debuggers, or None."},
+    {"set_task_layout", (PyCFunction)(void (*)(void))gbl_set_task_layout, METH_FASTCALL,
+     "set_task_layout(task_type, coro_offset)\n--\n\n"
+     "Record where a C Task keeps its coroutine (once per process)."},
+    {"swap_task_coro", (PyCFunction)(void (*)(void))gbl_swap_task_coro, METH_FASTCALL,
+     "swap_task_coro(task, old, new)\n--\n\n"
+     "Replace a C Task's coroutine old (checked in place) with new."},
 #ifdef GBL_DEBUG_BUILD
     {"_debug_runners_created", gbl_debug_runners_created, METH_NOARGS,
      "How many runner greenlets this process has created (for tests)."},

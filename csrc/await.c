@@ -268,7 +268,7 @@ gbl_park(PortalObject *p, PyGreenlet *me, PyObject *aw, PyObject *value, int *pt
 }
 
 static PyObject *
-gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
+gbl_await_impl(PyObject *aw)
 {
     ThreadStateObject *ts = gbl_tls;
     PortalObject *p = ts != NULL ? ts->current : NULL;
@@ -372,6 +372,43 @@ gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
             arg = gbl_chain_handled(arg);
         }
     }
+}
+
+/* A traceback entry "await_" for the exception leaving await_, as a Python
+ * await_ (greenback's, the twin's) leaves one: tracebacks show where the
+ * synchronous code awaited, between its frame and the awaited code's. Only
+ * on the error path; a failure to add it leaves the exception as it was. */
+static void
+gbl_add_await_entry(void)
+{
+    PyObject *exc = gbl_fetch_exception();
+    if (gbl_st.await_code == NULL) {
+        gbl_st.await_code = (PyObject *)PyCode_NewEmpty("<greenback_loop._cportal>", "await_", 1);
+    }
+    if (gbl_st.await_globals == NULL) {
+        gbl_st.await_globals = Py_BuildValue("{ss}", "__name__", "greenback_loop._cportal");
+    }
+    PyFrameObject *frame = NULL;
+    if (gbl_st.await_code != NULL && gbl_st.await_globals != NULL) {
+        frame = PyFrame_New(PyThreadState_Get(), (PyCodeObject *)gbl_st.await_code,
+                            gbl_st.await_globals, NULL);
+    }
+    PyErr_Clear();
+    gbl_restore_exception(exc);
+    if (frame != NULL) {
+        (void)PyTraceBack_Here(frame); /* on failure, the exception stays set */
+        Py_DECREF(frame);
+    }
+}
+
+static PyObject *
+gbl_await(PyObject *Py_UNUSED(module), PyObject *aw)
+{
+    PyObject *result = gbl_await_impl(aw);
+    if (result == NULL && PyErr_Occurred()) {
+        gbl_add_await_entry();
+    }
+    return result;
 }
 
 static PyObject *

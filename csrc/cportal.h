@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <frameobject.h> /* PyFrame_New, for await_'s traceback entries */
 
 #include "greenlet.h"
 
@@ -45,6 +46,8 @@ typedef struct {
     getter gen_get_suspended;  /* ... of generator.gi_suspended */
     PyObject *gc_callback;     /* ours, in gc.callbacks (see gbl_gc_callback) */
     PyObject *gc_callbacks;    /* the list the collector calls (gc.callbacks) */
+    PyObject *await_code;      /* code of await_'s traceback entries (made on first use) */
+    PyObject *await_globals;   /* ... and their frames' globals */
 #if GBL_PRIME_FRAME_STACK
     PyObject *frame_primer; /* a no-op Python function (see runner_prime) */
 #endif
@@ -86,6 +89,7 @@ typedef struct {
      * receiver drops them. */
     PyObject *msg_args;
     PyObject *weakreflist;
+    unsigned long long serial; /* creation order, for closing at exit */
 } PortalObject;
 
 typedef struct {

@@ -1,4 +1,5 @@
-/* portal_create_task(base, wrap): the create_task of greenback_loop's loops.
+/* portal_create_task(base, wrap): the create_task of greenback_loop's loops
+ * (and, with another vectorcall, their call_soon: see task.c).
  *
  * Calling it as a method, loop.create_task(coro, ...), wraps coro in a portal
  * and calls base(loop, portal, ...) with the caller's other arguments
@@ -9,7 +10,8 @@
 typedef struct {
     PyObject_HEAD
     PyObject *base; /* the base loop class's create_task */
-    PyObject *wrap; /* wrap(coro) -> what to hand to base */
+    PyObject *wrap; /* wrap(coro) -> what to hand to base (call_soon: the hook) */
+    PyObject *extra; /* call_soon: the pure-Python Task class; NULL otherwise */
     vectorcallfunc vectorcall;
 } CreateTaskObject;
 
@@ -76,6 +78,7 @@ create_task_traverse(CreateTaskObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->base);
     Py_VISIT(self->wrap);
+    Py_VISIT(self->extra);
     return 0;
 }
 
@@ -84,6 +87,7 @@ create_task_clear(CreateTaskObject *self)
 {
     Py_CLEAR(self->base);
     Py_CLEAR(self->wrap);
+    Py_CLEAR(self->extra);
     return 0;
 }
 
@@ -107,7 +111,8 @@ create_task_get_forwarded(CreateTaskObject *self, void *closure)
 static PyObject *
 create_task_repr(CreateTaskObject *self)
 {
-    return PyUnicode_FromFormat("<greenback_loop create_task over %R>", self->base);
+    return PyUnicode_FromFormat("<greenback_loop %s over %R>",
+                                self->extra == NULL ? "create_task" : "call_soon", self->base);
 }
 
 static PyMemberDef create_task_members[] = {
@@ -163,6 +168,7 @@ gbl_portal_create_task(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ss
     }
     self->base = Py_NewRef(args[0]);
     self->wrap = Py_NewRef(args[1]);
+    self->extra = NULL;
     self->vectorcall = (vectorcallfunc)create_task_vectorcall;
     PyObject_GC_Track(self);
     return (PyObject *)self;

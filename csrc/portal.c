@@ -334,6 +334,8 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->msg_awaiting = NULL;
     self->msg_args = NULL;
     self->weakreflist = NULL;
+    static unsigned long long portals_made = 0;
+    self->serial = ++portals_made;
     PyObject_GC_Track(self);
     return self;
 }
@@ -817,6 +819,8 @@ static PyGetSetDef portal_getsets[] = {
 
 static PyMemberDef portal_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(PortalObject, weakreflist), READONLY, NULL},
+    {"_serial", T_ULONGLONG, offsetof(PortalObject, serial), READONLY,
+     "The portal's creation order in the process."},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -71,29 +71,37 @@ def no_portal_error(nested: bool) -> RuntimeError:
             "nested greenlets from code running inside the task, so that their "
             "parent chain leads back to it."
         )
+    if is_portal(task.get_coro()):
+        return RuntimeError(
+            f"greenback_loop.await_() was called in task {task.get_name()!r} in the "
+            "same step that gave it a portal (bestow_portal() on the current task): "
+            "you must yield to the event loop (try 'await asyncio.sleep(0)') before "
+            "using the portal, or use 'await greenback_loop.ensure_portal()', which "
+            "does that."
+        )
     if isinstance(loop, PortalLoop):
         return RuntimeError(
-            f"greenback_loop.await_() was called in task {task.get_name()!r}, "
-            "which has no portal: it was constructed directly with "
-            "asyncio.Task() instead of loop.create_task() or "
-            "asyncio.create_task(). Create it with one of those, or wrap the "
-            "synchronous call in "
-            "'await greenback_loop.with_portal_run_sync(fn, *args)'."
+            f"greenback_loop.await_() was called in task {task.get_name()!r}, which has "
+            "no portal: it was built with asyncio.Task() directly (eagerly started, or "
+            "with the pure-Python core, which cannot replace a C Task's coroutine). "
+            "Create it with asyncio.create_task() or loop.create_task(), or call "
+            "'await greenback_loop.ensure_portal()' in it first."
         )
     return RuntimeError(
-        f"greenback_loop.await_() was called in task {task.get_name()!r}, "
-        f"which has no portal: its event loop ({type(loop).__module__}."
-        f"{type(loop).__qualname__}) is not a greenback_loop event loop. " + _RUN_HINT
+        f"greenback_loop.await_() was called in task {task.get_name()!r}, which has "
+        f"no portal: its event loop ({type(loop).__module__}.{type(loop).__qualname__}) "
+        "is not a greenback_loop event loop. You must create a greenback portal for "
+        "this task first: 'await greenback_loop.ensure_portal()' in the task "
+        "(greenback.ensure_portal() in code written for greenback). " + _RUN_HINT
     )
 
 
-def no_retrofit_error(what: str, loop: object) -> RuntimeError:
-    """Build the RuntimeError for ensure_portal()/bestow_portal() on a task
-    that was not created with a portal."""
-    return RuntimeError(
-        f"{what} cannot add a portal to a task that was created without one "
-        f"(event loop: {type(loop).__module__}.{type(loop).__qualname__}); "
-        "giving a portal to an existing asyncio task is not supported yet. " + _RUN_HINT
+def is_portal(coro: object) -> bool:
+    """Whether *coro* is a portal of either core (not importing either)."""
+    t = type(coro)
+    return t.__qualname__ == "Portal" and t.__module__ in (
+        "greenback_loop._cportal",
+        "greenback_loop._portal_py",
     )
 
 

@@ -21,12 +21,16 @@ from typing import Any
 
 
 def close_parked(portal_type: type) -> None:
-    """Close every portal of type *portal_type* parked in this thread."""
-    for obj in gc.get_objects():
-        if type(obj) is not portal_type:
-            continue
-        if obj._holds_greenlets():  # type: ignore[attr-defined]
-            _close_quietly(obj)
+    """Close every portal of type *portal_type* parked in this thread, the
+    oldest first, as plain asyncio's teardown closes such tasks."""
+    parked = [
+        obj
+        for obj in gc.get_objects()
+        if type(obj) is portal_type and obj._holds_greenlets()  # type: ignore[attr-defined]
+    ]
+    parked.sort(key=lambda portal: portal._serial)  # type: ignore[attr-defined]
+    for portal in parked:
+        _close_quietly(portal)
 
 
 def _close_quietly(portal: Any) -> None:

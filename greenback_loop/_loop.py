@@ -6,12 +6,14 @@ import asyncio
 import sys
 import threading
 import types
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
 from . import _impl
 from ._errors import PortalLoop
+from ._greenback import ensure_hooked
+from ._retrofit import _PyTask, layout_known, portal_for_new_task
 
 T = TypeVar("T")
 
@@ -24,6 +26,7 @@ _iscoroutine = asyncio.iscoroutine
 _CoroutineType = types.CoroutineType
 _Portal = _impl.core.Portal
 _portal_create_task = _impl.core.portal_create_task
+_portal_call_soon = _impl.core.portal_call_soon
 
 
 def wrap(coro: Any) -> Any:
@@ -34,10 +37,13 @@ def wrap(coro: Any) -> Any:
     return coro
 
 
-def install_create_task(cls: type, base_create_task: Callable[..., Any]) -> None:
-    """Give *cls* the core's ``create_task`` over *base_create_task* (in C
-    with the C core: spawning a task is hot)."""
-    cls.create_task = _portal_create_task(base_create_task, wrap)  # type: ignore[attr-defined]
+def install_create_task(cls: type, base: type) -> None:
+    """Give *cls* the core's ``create_task`` and ``call_soon`` over those of
+    *base* (in C with the C core: spawning a task is hot). ``call_soon``
+    gives a portal to a task built with ``asyncio.Task(coro, loop=loop)``
+    directly, when it schedules its first step."""
+    cls.create_task = _portal_create_task(base.create_task, wrap)  # type: ignore[attr-defined]
+    cls.call_soon = _portal_call_soon(base.call_soon, portal_for_new_task, _PyTask)  # type: ignore[attr-defined]
 
 
 class PortalLoopMixin(PortalLoop):
@@ -48,15 +54,25 @@ class PortalLoopMixin(PortalLoop):
 
     __slots__ = ()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        layout_known()  # so that call_soon knows a C Task's step when it sees one
+        ensure_hooked()  # greenback's own functions, if installed, see our portals
+        super().__init__(*args, **kwargs)
+
     def create_task(self, coro: Any, *args: Any, **kwargs: Any) -> Any:
         return super().create_task(wrap(coro), *args, **kwargs)  # type: ignore[misc]
 
+    def call_soon(self, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(callback) is types.MethodType and isinstance(callback.__self__, _PyTask):
+            portal_for_new_task(callback.__self__)
+        return super().call_soon(callback, *args, **kwargs)  # type: ignore[misc]
 
-class EventLoop(PortalLoopMixin, _BaseEventLoop):
+
+class EventLoop(PortalLoopMixin, _BaseEventLoop):  # type: ignore[misc]
     """asyncio's default event loop class, with a portal in every task."""
 
 
-install_create_task(EventLoop, _BaseEventLoop.create_task)
+install_create_task(EventLoop, _BaseEventLoop)
 
 
 _uvloop_lock = threading.Lock()
@@ -86,7 +102,7 @@ def uvloop_loop_class() -> type:
 
             Loop.__module__ = "greenback_loop.uvloop"
             Loop.__qualname__ = "Loop"
-            install_create_task(Loop, uvloop.Loop.create_task)
+            install_create_task(Loop, uvloop.Loop)
             _uvloop_class = Loop
     return _uvloop_class
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import collections.abc
 import gc
+import itertools
 import sys
 import threading
 import types
@@ -54,7 +55,7 @@ from greenlet import error as greenlet_error
 
 from ._errors import await_outside_portal, redeliver_interrupt
 
-__all__ = ["Portal", "await_", "in_portal", "portal_create_task"]
+__all__ = ["Portal", "await_", "in_portal", "portal_call_soon", "portal_create_task"]
 
 T = TypeVar("T")
 
@@ -359,6 +360,9 @@ def _new_runner(st: _ThreadState, cur: greenlet) -> greenlet:
     return runner
 
 
+_serials = itertools.count(1)  # Portal._serial
+
+
 class Portal:
     """A coroutine wrapper whose steps can be suspended by :func:`await_`.
 
@@ -381,6 +385,7 @@ class Portal:
         "_job",
         "_msg",
         "_closing",
+        "_serial",
         "__weakref__",
     )
 
@@ -396,6 +401,7 @@ class Portal:
     _job: tuple[bool, Any] | None  # (throw, arg), until the target takes it
     _msg: tuple[Any, ...] | None  # the step's message, for the stepper
     _closing: bool  # while close() unwinds the coroutine: no suspending then
+    _serial: int  # creation order in the process, for closing at exit
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Portal:
         if kwargs:
@@ -414,6 +420,7 @@ class Portal:
         self._stepper = self._target = None
         self._job = self._msg = None
         self._closing = False
+        self._serial = next(_serials)
         return self
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -784,6 +791,28 @@ def portal_create_task(base: Callable[..., Any], wrap: Callable[[Any], Any]) -> 
     create_task.__doc__ = base.__doc__
     create_task.__wrapped__ = base  # type: ignore[attr-defined]
     return create_task
+
+
+def portal_call_soon(
+    base: Callable[..., Any], hook: Callable[[Any], Any], pytask_type: type
+) -> Callable[..., Any]:
+    """A ``call_soon`` method for a loop class: a pure-Python Task scheduling
+    a step is handed to ``hook(task)`` (which gives it a portal if it has
+    none) before ``base(loop, ...)`` is called. (The C core's also sees C
+    Tasks, whose coroutine only it can replace.)"""
+
+    def call_soon(self: Any, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(callback) is types.MethodType and isinstance(callback.__self__, pytask_type):
+            hook(callback.__self__)
+        handle = base(self, callback, *args, **kwargs)
+        tb = getattr(handle, "_source_traceback", None)
+        if tb and tb[-1].filename == __file__:
+            del tb[-1]
+        return handle
+
+    call_soon.__doc__ = base.__doc__
+    call_soon.__wrapped__ = base  # type: ignore[attr-defined]
+    return call_soon
 
 
 # -- await_ -----------------------------------------------------------------

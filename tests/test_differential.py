@@ -140,12 +140,13 @@ PROGRAMS: list[Callable[[types.ModuleType], Any]] = [
 
 def describe(value: Any) -> Any:
     """What a user can observe of a result: values as they are; exceptions
-    by type, message and the traceback's frames outside greenback_loop."""
+    by type, message and the traceback's frames outside greenback_loop (and
+    await_'s entry, which both cores show)."""
     if isinstance(value, BaseException):
         frames = [
-            (f.name, f.line)
+            (f.name, None if "greenback_loop" in f.filename else f.line)
             for f in traceback.extract_tb(value.__traceback__)
-            if "/greenback_loop/" not in f.filename
+            if "greenback_loop" not in f.filename or f.name == "await_"
         ]
         return (type(value).__name__, str(value), frames)
     if isinstance(value, (list, tuple)):

@@ -136,15 +136,6 @@ def test_plain_loop_task(run_plain: Any) -> None:
     run_plain(main())
 
 
-async def test_task_constructed_directly() -> None:
-    async def body() -> None:
-        greenback_loop.await_(answer())
-
-    task = asyncio.Task(body())
-    with pytest.raises(RuntimeError, match=r"constructed directly with asyncio\.Task\(\)"):
-        await task
-
-
 async def test_nested_greenlet_not_under_the_task() -> None:
     import greenlet
 
@@ -165,20 +156,6 @@ async def test_nested_greenlet_not_under_the_task() -> None:
     greenlet.greenlet(foreign, parent=main).switch()
     assert len(results) == 1 and isinstance(results[0], RuntimeError)
     assert "does not descend" in str(results[0])
-
-
-def test_ensure_portal_on_plain_loop(run_plain: Any) -> None:
-    async def main() -> None:
-        with pytest.raises(RuntimeError, match="not supported yet.*greenback_loop.run"):
-            await greenback_loop.ensure_portal()
-        task = asyncio.current_task()
-        assert task is not None
-        with pytest.raises(RuntimeError, match="bestow_portal"):
-            greenback_loop.bestow_portal(task)
-        with pytest.raises(RuntimeError, match="needs a greenback_loop event loop"):
-            await greenback_loop.with_portal_run_tree(answer)
-
-    run_plain(main())
 
 
 def test_ensure_portal_outside_task() -> None:

@@ -50,9 +50,8 @@ async def test_repr_matches_plain_task() -> None:
     assert "coro=<parked_forever() running at " in r and __file__ in r
     gate.set()
     await task
-    plain.cancel()
-    with pytest.raises((asyncio.CancelledError, RuntimeError)):
-        await plain
+    # built directly, it has a portal too (C core) or says why not (twin)
+    await asyncio.gather(plain, return_exceptions=True)
     assert "coro=<parked_forever() done, defined at " in repr(task)
 
 

@@ -1,0 +1,206 @@
+"""Giving a portal to an asyncio Task that was created without one.
+
+A task's portal is its coroutine: ``Portal(coro)`` in place of ``coro``. On
+greenback_loop's loops ``create_task`` puts it there before the task exists;
+for any other task (plain asyncio or uvloop, ``asyncio.Task(...)`` built
+directly) the coroutine is swapped after the fact, taking effect from the
+task's next step:
+
+* asyncio's pure-Python Task (``asyncio.tasks._PyTask``, PyPy, programs that
+  swap Task classes) keeps it in an attribute: both cores set it.
+* asyncio's C Task keeps it in a C field with no setter. The C core swaps it
+  in place (``_cportal.swap_task_coro``), at an offset probed once per
+  process on Tasks built with known coroutines, cross-checked on 3.14+ with
+  the offset CPython publishes for debuggers, and verified on every swap by
+  reading the old coroutine back first and ``get_coro()`` after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import weakref
+from typing import Any
+
+from . import _impl
+from ._errors import is_portal
+
+_PyTask: type = asyncio.tasks._PyTask  # type: ignore[attr-defined]
+_CTask: type | None = getattr(asyncio.tasks, "_CTask", None)
+
+#: Tasks inside with_portal_run()/with_portal_run_sync() right now, with how
+#: many such calls are active in each.
+portal_run_tasks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def task_has_portal(task: Any) -> bool:
+    """Whether *task* (an asyncio Task, not running now) will be able to
+    use ``await_`` when it runs: its coroutine is a portal and it is not
+    done, or it is inside with_portal_run()."""
+    if task in portal_run_tasks:
+        return True
+    return type(task.get_coro()) is _impl.core.Portal and not task.done()
+
+
+_layout_lock = threading.Lock()
+#: None until probed; then "" when the C core knows the C Task's layout, or
+#: why it could not learn it.
+_layout_error: str | None = None
+
+
+class _ProbeLoop:
+    """Just enough of an event loop for a C Task to be built on it."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[Any] = []
+
+    def get_debug(self) -> bool:
+        return False
+
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> None:
+        self.scheduled.append(callback)
+
+    def call_exception_handler(self, context: Any) -> None:  # pragma: no cover
+        return None
+
+
+async def _probe() -> None:  # pragma: no cover - never runs
+    pass
+
+
+def _only(found: list[int], what: str) -> int:
+    if len(found) != 1:
+        raise LookupError(f"{what} is not held in exactly one place (found at {found})")
+    return found[0]
+
+
+def _probe_layout(ctask: type) -> None:
+    """Find where *ctask* keeps its coroutine, and where the step callback it
+    schedules keeps the task, and tell the C core."""
+    c = _impl.core
+    seen: set[tuple[int, type, int]] = set()
+    for _ in range(2):
+        loop = _ProbeLoop()
+        coro = _probe()
+        try:
+            task = ctask(
+                coro, loop=loop, name="greenback_loop-probe", context=contextvars.Context()
+            )
+            task._log_destroy_pending = False
+            if task.get_coro() is not coro or len(loop.scheduled) != 1:
+                raise LookupError("the Task did not keep its coroutine or schedule one step")
+            step = loop.scheduled.pop()
+            seen.add(
+                (
+                    _only(c.pointer_offsets(task, coro), "the coroutine"),
+                    type(step),
+                    _only(c.pointer_offsets(step, task), "the step's task"),
+                )
+            )
+            del task, step
+        finally:
+            coro.close()
+    if len(seen) != 1:  # pragma: no cover - defensive
+        raise LookupError(f"the layout differs between two Tasks: {seen}")
+    ((offset, step_type, step_offset),) = seen
+    c.set_task_layout(ctask, offset, step_type, step_offset)
+
+
+def layout_known() -> bool:
+    """Whether the C core knows where a C Task keeps its coroutine (probing
+    it the first time it is asked, with the C core)."""
+    global _layout_error
+    if _layout_error is None:
+        with _layout_lock:
+            if _layout_error is None:
+                if _impl.implementation != "c" or _CTask is None:
+                    _layout_error = "no C core" if _CTask is not None else "no C Task"
+                else:
+                    try:
+                        _probe_layout(_CTask)
+                        _layout_error = ""
+                    except (LookupError, RuntimeError) as exc:
+                        _layout_error = str(exc)
+    return _layout_error == ""
+
+
+def _swap_c(task: Any, coro: Any, portal: Any) -> None:
+    if _impl.implementation != "c":
+        raise RuntimeError(
+            "greenback_loop cannot give a portal to this task: it is asyncio's C Task, "
+            "whose coroutine only the C core can replace, and this process runs the "
+            "pure-Python core (GREENBACK_LOOP_NO_EXTENSIONS=1, or not CPython). Run the "
+            "program on a greenback_loop event loop instead, whose tasks all have portals."
+        )
+    if not layout_known():
+        raise RuntimeError(
+            "greenback_loop cannot give a portal to an existing asyncio Task on this "
+            f"Python ({_layout_error}). Run the program on a greenback_loop event loop "
+            "instead, whose tasks all have portals."
+        )
+    _impl.core.swap_task_coro(task, coro, portal)
+    if task.get_coro() is not portal:  # pragma: no cover - defensive
+        _impl.core.swap_task_coro(task, portal, coro)
+        raise RuntimeError(
+            "greenback_loop: a C Task's coroutine could not be replaced (get_coro() did "
+            "not read it back); its portal was not installed"
+        )
+
+
+def is_task(obj: object) -> bool:
+    """Whether *obj* is an asyncio Task (C or pure-Python, or a subclass)."""
+    return isinstance(obj, asyncio.Task) or isinstance(obj, _PyTask)
+
+
+def give_portal(task: Any, what: str) -> bool:
+    """Make *task*'s coroutine a portal around it, from its next step on.
+
+    Returns whether a portal was installed now (False: it had one, or it is
+    done and will never step again).
+
+    Raises:
+        RuntimeError: the task cannot safely be given one, and why.
+    """
+    Portal = _impl.core.Portal
+    coro = task.get_coro()
+    if type(coro) is Portal or is_portal(coro):
+        return False
+    name = task.get_name()
+    if coro is None:
+        raise RuntimeError(
+            f"{what}: task {name!r} has no coroutine left to give a portal to (an eager "
+            "task that finished in its first step drops it)"
+        )
+    if task.done():
+        return False
+    loop = task.get_loop()
+    if loop.is_running() and loop is not asyncio._get_running_loop():
+        raise RuntimeError(
+            f"{what}: task {name!r} belongs to an event loop running in another thread; "
+            "give it a portal from that thread (loop.call_soon_threadsafe), where its "
+            "steps run"
+        )
+    portal = Portal(coro)
+    if isinstance(task, _PyTask):
+        task._coro = portal  # type: ignore[attr-defined]
+    elif _CTask is not None and isinstance(task, _CTask):
+        _swap_c(task, coro, portal)
+    else:
+        raise RuntimeError(
+            f"{what}: task {name!r} is a {type(task).__module__}.{type(task).__qualname__}, "
+            "neither asyncio's C Task nor its pure-Python Task, so greenback_loop does not "
+            "know where it keeps its coroutine"
+        )
+    return True
+
+
+def portal_for_new_task(task: Any) -> None:
+    """The hook of greenback_loop loops' ``call_soon``: *task* is scheduling
+    a step without a portal (it was built with ``asyncio.Task()`` directly);
+    give it one. A task that cannot be given one is left as it is: its
+    ``await_`` calls then say why."""
+    try:
+        give_portal(task, "a greenback_loop event loop")
+    except (RuntimeError, TypeError):
+        pass

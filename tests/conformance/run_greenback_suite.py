@@ -1,0 +1,193 @@
+"""greenback's own test suite, run against greenback_loop.
+
+Downloads greenback's sdist with pip (nothing of it is committed here),
+takes its ``greenback/_tests`` package and runs it with pytest against a
+stand-in package named ``greenback`` that re-exports greenback_loop's public
+API (plus the ``current_task()`` helper the tests import from
+``greenback._impl``), so every ``greenback.*`` call in the tests lands on
+greenback_loop. The tests run as greenback runs them: on plain asyncio loops
+(through anyio's asyncio backend), where portals are given to existing
+tasks.
+
+Left out, and counted in the summary:
+
+* the tests of greenback's private internals: its pointer-probing helper
+  (``test_find_ptr_in_object``), its private portal map
+  (``test_portal_map_does_not_leak``), and the frames its ``await_`` leaves
+  when it drives a ``collections.abc.Coroutine`` by calling ``send()``
+  directly (``test_uncleanable_traceback``: greenback_loop's ``await_``
+  awaits such an object through ``__await__``, as ``await`` does, so the
+  object under test, whose ``send()`` takes no argument, is awaited without
+  error there, exactly as ``await obj`` would);
+* the tests that run under Trio (parametrized ``[trio]``, or not
+  parametrized by library at all), until greenback_loop supports Trio.
+
+Usage::
+
+    python -m tests.conformance.run_greenback_suite [--version 1.3.0] [-- pytest args]
+
+Exits with pytest's status (0: every selected test passed); 2 when the
+sdist cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+from pathlib import Path
+
+PRIVATE = ("test_find_ptr_in_object", "test_portal_map_does_not_leak", "test_uncleanable_traceback")
+#: Tests not parametrized by library that run on asyncio anyway.
+ASYNCIO_ONLY = ("test_aio_context_without_active_task",)
+
+SHIM = {
+    "__init__.py": '''
+        """Stand-in for greenback: greenback_loop's API under greenback's name."""
+        from greenback_loop import *  # noqa: F403
+        from greenback_loop import __all__ as _all
+
+        from . import _impl, _util  # noqa: F401
+
+        __all__ = list(_all)
+        ''',
+    "_impl.py": """
+        import asyncio
+
+        from greenback_loop import (  # noqa: F401
+            await_,
+            bestow_portal,
+            ensure_portal,
+            has_portal,
+            with_portal_run,
+            with_portal_run_sync,
+            with_portal_run_tree,
+            portals_for_children,
+            portals_for_tree,
+        )
+
+
+        def current_task():
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("No asyncio task is running")
+            return task
+        """,
+    "_util.py": """
+        from greenback_loop import async_context, async_iter, autoawait, decorate_as_sync  # noqa: F401
+        """,
+}
+
+
+def fetch_tests(version: str, into: Path) -> Path:
+    """Download greenback's sdist and unpack its tests under a stand-in
+    ``greenback`` package in *into*; returns the package folder."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"greenback=={version}",
+            "-d",
+            str(into),
+        ],
+        check=True,
+    )
+    (sdist,) = into.glob("greenback-*.tar.gz")
+    pkg = into / "greenback"
+    tests = pkg / "_tests"
+    tests.mkdir(parents=True)
+    prefix = f"greenback-{version}/greenback/_tests/"
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.startswith(prefix):
+                rel = member.name[len(prefix) :]
+                if "/" in rel or not rel.endswith(".py"):
+                    continue
+                data = tar.extractfile(member)
+                assert data is not None
+                (tests / rel).write_bytes(data.read())
+    if not (tests / "test_impl.py").exists():
+        raise FileNotFoundError(f"{sdist.name} has no greenback/_tests/test_impl.py")
+    for name, text in SHIM.items():
+        (pkg / name).write_text(textwrap.dedent(text).lstrip())
+    return pkg
+
+
+def select(pkg: Path) -> tuple[list[str], list[str], list[str]]:
+    """Collect the suite; split its test ids into (run, private, trio)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *_options(pkg)],
+        cwd=pkg.parent,
+        capture_output=True,
+        text=True,
+    )
+    ids = [line.strip() for line in out.stdout.splitlines() if "::" in line]
+    if not ids:
+        sys.stdout.write(out.stdout + out.stderr)
+        raise RuntimeError("greenback's suite collected no tests")
+    run, private, trio = [], [], []
+    for test_id in ids:
+        name = test_id.split("::")[-1]
+        base = name.split("[")[0]
+        if base in PRIVATE:
+            private.append(test_id)
+        elif "[asyncio" in name or base in ASYNCIO_ONLY:
+            run.append(test_id)
+        else:
+            trio.append(test_id)
+    return run, private, trio
+
+
+def _options(pkg: Path) -> list[str]:
+    # greenback's conftest drives its async tests itself: no pytest-asyncio,
+    # none of greenback_loop's own pytest settings.
+    return ["-p", "no:asyncio", "-p", "no:cacheprovider", "-c", str(pkg / "pytest.ini"), str(pkg)]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", default="1.3.0", help="greenback's version (1.3.0)")
+    parser.add_argument("pytest_args", nargs="*", help="more pytest arguments")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="greenback-suite-") as tmp:
+        try:
+            pkg = fetch_tests(args.version, Path(tmp))
+        except (subprocess.CalledProcessError, FileNotFoundError, ValueError) as exc:
+            print(f"cannot fetch greenback {args.version}'s tests: {exc}", file=sys.stderr)
+            return 2
+        (pkg / "pytest.ini").write_text("[pytest]\n")
+        run, private, trio = select(pkg)
+        print(
+            f"greenback {args.version}'s suite: {len(run) + len(private) + len(trio)} tests; "
+            f"running {len(run)} on asyncio; left out {len(private)} of greenback's private "
+            f"internals and {len(trio)} that run under Trio",
+            flush=True,
+        )
+        ids = [str(pkg / test_id) for test_id in run]
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-rfE",
+                *_options(pkg)[:-1],
+                *args.pytest_args,
+                *ids,
+            ],
+            cwd=tmp,
+        )
+        return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
