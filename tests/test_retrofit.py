@@ -51,6 +51,14 @@ def test_ensure_portal_on_a_plain_loop(run_plain: Any) -> None:
             run_plain(main())
 
 
+PYTASK_SEEN = pytest.mark.skipif(
+    sys.version_info >= (3, 14),
+    reason="3.14+: asyncio.current_task() (C) does not see a running pure-Python Task, "
+    "on plain asyncio too",
+)
+
+
+@PYTASK_SEEN
 def test_pure_python_task_on_a_plain_loop(run_plain: Any) -> None:
     """Both cores give a portal to asyncio's pure-Python Task."""
 
@@ -355,6 +363,7 @@ def test_swap_refuses_a_coroutine_that_is_not_there() -> None:
     asyncio.run(main())
 
 
+@PYTASK_SEEN
 def test_traceback_has_no_retrofit_frames(run_plain: Any) -> None:
     async def worker() -> None:
         await greenback_loop.ensure_portal()
