@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.callgrind`` runs each case twice under
 ``valgrind --tool=callgrind`` (N and 3N operations) and prints the
-difference divided by 2N, which removes start-up and teardown. Cases: a
+difference divided by 2N, which removes start-up and teardown, with a fixed
+hash seed so that runs of one build agree. Cases: a
 plain ``await sleep(0)`` step on a plain loop, the same step in a portal
 task, and ``await_(sleep(0))`` from sync code, on asyncio and uvloop.
 Requires valgrind.
@@ -67,6 +68,10 @@ def instructions(kind: str, case: str, n: int) -> int:
             capture_output=True,
             text=True,
             check=True,
+            # a fixed hash seed: string hashes decide dict layouts, and with
+            # a random seed the same build varies by hundreds of
+            # instructions per operation from run to run
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         m = re.search(r"Collected : (\d+)", proc.stderr)
         if m is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
-from benchmarks.contenders import Contender, check
+from benchmarks.contenders import ON_GBL, RETROFIT, Contender, check
 
 
 @dataclass
@@ -96,16 +96,14 @@ def sync_steps(n: int, await_: Callable[[Any], Any]) -> float:
 
 
 async def case_step(c: Contender, variant: str | None, p: Params) -> Sample:
-    if c.kind == "greenback":
-        await c.greenback.ensure_portal()  # not timed
-    c.check_portal()
+    await c.get_portal(variant)  # not timed
     return per_op(await async_steps(p.n), p.n)
 
 
 async def case_await_sleep(c: Contender, variant: str | None, p: Params) -> Sample:
     if c.kind == "plain":
         return per_op(await async_steps(p.n), p.n)
-    return per_op(await c.run_sync(sync_steps, p.n), p.n)
+    return per_op(await c.run_sync(sync_steps, p.n, variant=variant), p.n)
 
 
 # -- d: await_ of awaitables that do not suspend ------------------------------
@@ -210,6 +208,16 @@ async def case_spawn(c: Contender, variant: str | None, p: Params) -> Sample:
                 await gb.ensure_portal()
                 return bool(gb.has_portal())
 
+    elif variant == RETROFIT:
+        gbl = c.greenback
+
+        async def make() -> None:
+            await gbl.ensure_portal()
+
+        async def probe() -> bool:
+            await gbl.ensure_portal()
+            return bool(gbl.has_portal())
+
     else:
         make = nothing
         if c.kind == "greenback_loop":
@@ -279,11 +287,17 @@ def all_cases(depth: int = 50) -> list[Case]:
             "b",
             "portal step: await sleep(0) in a task with a portal",
             "ns/op",
-            (("greenback", None), GBL),
+            (("greenback", None), GBL, ("greenback_loop", RETROFIT)),
             case_step,
             baseline=("a", "plain"),
         ),
-        Case("c", "await_(sleep(0)) from sync code", "ns/op", BRIDGES, case_await_sleep),
+        Case(
+            "c",
+            "await_(sleep(0)) from sync code",
+            "ns/op",
+            (*BRIDGES, ("greenback_loop", RETROFIT), ("greenback", ON_GBL)),
+            case_await_sleep,
+        ),
         Case("d.coro", "await_ non-suspending: coroutine", "ns/op", BRIDGES, case_await_coro),
         Case("d.future", "await_ non-suspending: done Future", "ns/op", BRIDGES, case_await_future),
         Case(
@@ -295,6 +309,8 @@ def all_cases(depth: int = 50) -> list[Case]:
                 ("greenback", "with_portal_run"),
                 ("greenback", "ensure_portal"),
                 GBL,
+                ("greenback_loop", RETROFIT),
+                ("greenback", ON_GBL),
             ),
             case_spawn,
         ),

@@ -83,6 +83,16 @@ def _sqlalchemy_bridge() -> tuple[Any, Any]:
     raise ImportError("SQLAlchemy has no greenlet_spawn/await_only (is it 2.x, with greenlet?)")
 
 
+#: Row variant: greenback_loop on a plain asyncio/uvloop loop, each task
+#: given its portal by ``await greenback_loop.ensure_portal()`` (a retrofit;
+#: the C core only, the twin cannot retrofit a C Task).
+RETROFIT = "retrofit"
+#: Row variant: the greenback package's own functions, called in the tasks of
+#: a greenback_loop loop (through the hook that makes greenback see our
+#: portals).
+ON_GBL = "on greenback_loop"
+
+
 @dataclass
 class Contender:
     #: ``plain``, ``greenback``, ``sqlalchemy`` or ``greenback_loop[<core>]``.
@@ -135,12 +145,33 @@ class Contender:
             return core_env(self.impl)
         return dict(os.environ)
 
-    def loop_factory(self, loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
-        if self.kind == "greenback_loop":
+    def supports(self, variant: str | None) -> bool:
+        """Whether this contender can measure rows of *variant*."""
+        if variant == RETROFIT:
+            return self.kind == "greenback_loop" and self.impl == "c"
+        if variant == ON_GBL:
+            return self.kind == "greenback"
+        return True
+
+    def loop_factory(
+        self, loop: str, variant: str | None = None
+    ) -> Callable[[], asyncio.AbstractEventLoop]:
+        use_uvloop = loop == "uvloop"
+        if variant == ON_GBL:
+            import greenback_loop
+
+            return lambda: greenback_loop.new_event_loop(uvloop=use_uvloop)
+        if self.kind == "greenback_loop" and variant != RETROFIT:
             gbl = self._mod
-            use_uvloop = loop == "uvloop"
             return lambda: gbl.new_event_loop(uvloop=use_uvloop)
         return plain_loop_factory(loop)
+
+    async def get_portal(self, variant: str | None) -> None:
+        """Give the current task its portal, as the contender's users do
+        (nothing on a greenback_loop loop), and check it has one."""
+        if self.kind == "greenback" or variant == RETROFIT:
+            await self._mod.ensure_portal()
+        self.check_portal()
 
     def check_portal(self) -> None:
         """From inside a task that should be able to await_: fail loudly if not."""
@@ -153,13 +184,10 @@ class Contender:
         if not ok:
             raise BenchmarkError(f"{self.name}: the task has no portal")
 
-    async def run_sync(self, fn: SyncFn, *args: Any) -> Any:
+    async def run_sync(self, fn: SyncFn, *args: Any, variant: str | None = None) -> Any:
         """Run ``fn(*args, await_)`` in the current task through the bridge."""
-        if self.kind == "greenback_loop":
-            self.check_portal()
-            return fn(*args, self._mod.await_)
-        if self.kind == "greenback":
-            await self._mod.ensure_portal()
+        if self.kind in ("greenback_loop", "greenback"):
+            await self.get_portal(variant)
             return fn(*args, self._mod.await_)
         if self.kind == "sqlalchemy":
             return await self._spawn(fn, *args, self._await_only)

@@ -135,7 +135,7 @@ def rows_for(case: Case, contenders: list[Contender]) -> list[Row]:
     rows: list[Row] = []
     for kind, variant in case.rows:
         for c in contenders:
-            if c.kind == kind:
+            if c.kind == kind and c.supports(variant):
                 label = c.name if variant is None or case.letter == "f" else f"{c.name} ({variant})"
                 rows.append((label, c, variant))
     return rows

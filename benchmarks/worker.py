@@ -29,7 +29,7 @@ def run_in_loop(case: Case, c: Contender, variant: str | None, loop: str, params
     """One sample of *case*, on a fresh loop in this process."""
     assert case.body is not None
     gc.collect()
-    with asyncio.Runner(loop_factory=c.loop_factory(loop)) as runner:
+    with asyncio.Runner(loop_factory=c.loop_factory(loop, variant)) as runner:
         return runner.run(case.body(c, variant, params))  # type: ignore[arg-type]
 
 

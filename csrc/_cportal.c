@@ -258,6 +258,7 @@ module_exec(PyObject *module)
     } while (0)
     INTERN(str_throw, "throw");
     INTERN(str_close, "close");
+    INTERN(str_provider, "__sqlalchemy_greenlet_provider__");
     INTERN(thread_dict_key, "greenback_loop._cportal.thread_state");
 #undef INTERN
 
@@ -278,6 +279,12 @@ module_exec(PyObject *module)
         st->create_task_type =
             (PyTypeObject *)PyType_FromModuleAndSpec(module, &create_task_spec, NULL);
         if (st->create_task_type == NULL) {
+            return -1;
+        }
+    }
+    if (st->await_func == NULL) {
+        st->await_func = PyObject_GetAttrString(module, "await_");
+        if (st->await_func == NULL) {
             return -1;
         }
     }

@@ -34,9 +34,11 @@ typedef struct {
     PyTypeObject *thread_state_type;
     PyTypeObject *create_task_type;
     PyObject *runner_run;      /* the callable every runner greenlet runs */
+    PyObject *await_func;      /* our await_, run by step_await_for's helpers */
     PyObject *thread_dict_key; /* key of the ThreadState in thread dicts */
     PyObject *str_throw;
     PyObject *str_close;
+    PyObject *str_provider; /* "__sqlalchemy_greenlet_provider__" (see runner_mark) */
     PyObject *coroutine_abc; /* collections.abc.Coroutine */
     PyObject *spare_args;    /* a 1-tuple reused as switch arguments (see gbl_args_take) */
     PyObject *errors_module; /* greenback_loop._errors, imported on first use */
@@ -80,6 +82,9 @@ typedef struct {
      * steps cannot suspend in await_, as await in a closing coroutine
      * cannot. */
     int closing;
+    /* Set while the runner's provider mark is off: it was stepped from a
+     * greenlet other than the hub (see runner_mark). */
+    int unmarked;
     int msg_kind;
     PyObject *msg_value;
     PyGreenlet *msg_resume;

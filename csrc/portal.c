@@ -51,7 +51,64 @@ step_args(PortalObject *self, int new_runner)
     return args;
 }
 
-/* While the step runs, wait for its message. Anything else that switches
+/* Whether ret, what came into the stepping greenlet from the step's greenlet
+ * `from`, is a request in SQLAlchemy's greenlet-provider convention: the
+ * runner, marked as a provider (runner_mark), switched to its parent, the
+ * hub doing the step, with one awaitable for it to await. */
+static int
+step_is_provider_request(PortalObject *self, PyGreenlet *from, PyObject *ret)
+{
+    if (ret == NULL || from != self->runner || Py_TYPE(ret) == gbl_st.portal_type) {
+        return 0;
+    }
+    if (PyCoro_CheckExact(ret) || gbl_is_iterable_coroutine(ret)) {
+        return 1;
+    }
+    PyAsyncMethods *am = Py_TYPE(ret)->tp_as_async;
+    return am != NULL && am->am_await != NULL;
+}
+
+/* Await aw (stolen) for the runner, which is suspended in its switch to the
+ * stepping greenlet: on a helper greenlet, a child of the runner running in
+ * its context, that calls our await_(aw). The helper suspends the step as
+ * any await_ does and is resumed by later steps; when it ends, greenlet
+ * hands its result (or raises its exception) in its parent, the runner,
+ * where the switch returns it. Returns what next comes into the stepping
+ * greenlet, as step_switch. */
+static PyObject *
+step_await_for(PortalObject *self, PyThreadState *tstate, PyGreenlet *runner, PyObject *aw)
+{
+    PyGreenlet *helper = PyGreenlet_New(gbl_st.await_func, runner);
+    PyObject *args = NULL;
+    if (helper != NULL) {
+        PyObject *context = PyObject_GetAttrString((PyObject *)runner, "gr_context");
+        int failed = context == NULL ||
+                     PyObject_SetAttrString((PyObject *)helper, "gr_context", context) < 0;
+        Py_XDECREF(context);
+        if (!failed) {
+            args = PyTuple_Pack(1, aw);
+        }
+    }
+    Py_DECREF(aw);
+    if (args == NULL) {
+        Py_XDECREF(helper);
+        PyObject *exc = gbl_fetch_exception();
+        PyObject *ret = step_switch(tstate, runner, NULL, exc);
+        Py_DECREF(exc);
+        return ret;
+    }
+    self->target = helper;
+    PyObject *ret = step_switch(tstate, helper, args, NULL);
+    Py_DECREF(args);
+    if (self->target == helper) {
+        self->target = runner;
+    }
+    Py_DECREF(helper); /* a parked helper is the portal's, in msg_resume */
+    return ret;
+}
+
+/* While the step runs, wait for its message. A runner's provider request
+ * (step_is_provider_request) is served; anything else that switches
  * or throws into the stepping greenlet came from inside the step (only the
  * step's greenlets run meanwhile) and is refused: the caller, most likely
  * the greenlet the step entered, gets a RuntimeError. If the stepping
@@ -77,6 +134,10 @@ step_wait(PortalObject *self, PyThreadState *tstate, PyGreenlet *cur, PyObject *
             PyObject *exc = gbl_fetch_exception();
             ret = step_switch(tstate, to, NULL, exc);
             Py_DECREF(exc);
+            continue;
+        }
+        if (step_is_provider_request(self, to, ret)) {
+            ret = step_await_for(self, tstate, to, ret);
             continue;
         }
         if (ret == NULL) {
@@ -150,12 +211,41 @@ step_release_runner(PortalObject *self, ThreadStateObject *ts, int finished)
     if (gbl_st.runner_refs == 0) {
         gbl_st.runner_refs = Py_REFCNT(runner); /* calibration, at import */
     }
+    if (self->unmarked) {
+        self->unmarked = 0;
+        if (runner_mark(runner, 1) < 0) {
+            PyErr_Clear(); /* not clean then: not pooled */
+        }
+    }
     if (Py_REFCNT(runner) <= gbl_st.runner_refs) {
         self->runner = NULL;
         runner_give_back(ts, runner);
     }
     else if (finished) {
         Py_CLEAR(self->runner);
+    }
+}
+
+/* Turn the runner's provider mark off for a step made from a greenlet
+ * other than the hub (off_hub), back on for a step from the hub (see
+ * runner_mark). A failure leaves the mark off, where SQLAlchemy refuses. */
+static void
+step_mark_runner(PortalObject *self, int off_hub)
+{
+    if (self->runner == NULL) {
+        return;
+    }
+    if (off_hub) {
+        self->unmarked = 1;
+        if (runner_mark(self->runner, 0) < 0) {
+            PyErr_Clear();
+        }
+    }
+    else if (runner_mark(self->runner, 1) < 0) {
+        PyErr_Clear();
+    }
+    else {
+        self->unmarked = 0;
     }
 }
 
@@ -236,6 +326,9 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
             Py_DECREF(target);
         }
         return PYGEN_ERROR;
+    }
+    if (cur != ts->hub || self->unmarked) {
+        step_mark_runner(self, cur != ts->hub);
     }
     self->job_arg = Py_NewRef(arg);
     self->job_args = args; /* the receiver drops them */
@@ -328,6 +421,7 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->job_context = NULL;
     self->job_throw = 0;
     self->closing = 0;
+    self->unmarked = 0;
     self->msg_kind = GBL_MSG_NONE;
     self->msg_value = NULL;
     self->msg_resume = NULL;

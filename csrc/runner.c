@@ -414,15 +414,47 @@ runner_from_pool(ThreadStateObject *ts)
     return NULL;
 }
 
+/* SQLAlchemy's greenlet-provider mark: a runner has the attribute
+ * __sqlalchemy_greenlet_provider__ = True, except during a step made from a
+ * greenlet other than the hub (see portal_step). SQLAlchemy's
+ * await_only(aw) in a provider switches to its parent, the hub, with aw;
+ * the hub is then the greenlet doing the step, and step_wait awaits aw for
+ * the runner. Elsewhere the hub is not waiting in a step, so the runner is
+ * no provider and SQLAlchemy refuses with its own error. An attribute in
+ * the runner's dict, not a greenlet subclass: greenlet type-checks its
+ * greenlets many times per switch, and a subclass fails the exact-type
+ * fast path of every check (some 300 instructions a step). */
+static int
+runner_mark(PyGreenlet *runner, int on)
+{
+    if (on) {
+        return PyObject_SetAttr((PyObject *)runner, gbl_st.str_provider, Py_True);
+    }
+    if (runner->dict != NULL && PyDict_DelItem(runner->dict, gbl_st.str_provider) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
+            return -1;
+        }
+        PyErr_Clear();
+    }
+    return 0;
+}
+
 /* Whether an idle runner carries nothing a later task could see: the hub
- * as its parent, no attributes, no weak references. (It is alive: it just
- * sent its message and a foreign throw into it bounces; runner_from_pool
- * checks that anyway.) */
+ * as its parent, no attributes but the provider mark, no weak references.
+ * (It is alive: it just sent its message and a foreign throw into it
+ * bounces; runner_from_pool checks that anyway.) */
 static int
 runner_is_clean(ThreadStateObject *ts, PyGreenlet *runner)
 {
-    if (runner->weakreflist != NULL ||
-        (runner->dict != NULL && PyDict_GET_SIZE(runner->dict) != 0))
+    if (runner->weakreflist != NULL || runner->dict == NULL ||
+        PyDict_GET_SIZE(runner->dict) != 1)
+    {
+        return 0;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    if (!PyDict_Next(runner->dict, &pos, &key, &value) || key != gbl_st.str_provider ||
+        value != Py_True)
     {
         return 0;
     }
@@ -462,7 +494,11 @@ runner_new(ThreadStateObject *ts)
     if (gbl_watch_collections() < 0) {
         PyErr_Clear(); /* best effort: the list was set up at import */
     }
-    return PyGreenlet_New(gbl_st.runner_run, ts->hub);
+    PyGreenlet *runner = PyGreenlet_New(gbl_st.runner_run, ts->hub);
+    if (runner != NULL && runner_mark(runner, 1) < 0) {
+        Py_CLEAR(runner);
+    }
+    return runner;
 }
 
 /* StopIteration's value (new reference) from the raised StopIteration. */

@@ -292,13 +292,41 @@ def _runner_main(box: list[Any]) -> None:
         stepper = box = None  # type: ignore[assignment]
 
 
+def _is_provider_request(p: Portal, sender: greenlet, ret: Any) -> bool:
+    """Whether *ret*, what came into the stepping greenlet from the step's
+    greenlet *sender*, is a request in SQLAlchemy's greenlet-provider
+    convention: the runner, marked as a provider while the hub does the step
+    (``_PROVIDER``), switched to its parent with one awaitable to await."""
+    if sender is not p._runner or type(ret) is list or type(ret) is Portal:
+        return False
+    return (
+        isinstance(ret, types.CoroutineType)
+        or hasattr(type(ret), "__await__")
+        or (
+            type(ret) is types.GeneratorType and bool(ret.gi_code.co_flags & _CO_ITERABLE_COROUTINE)
+        )
+    )
+
+
+#: SQLAlchemy's greenlet-provider mark. A runner has it in its dict, except
+#: during a step made from a greenlet other than the hub (Portal._step).
+#: SQLAlchemy's ``await_only(aw)`` in a provider switches to its parent, the
+#: hub, with *aw*; the hub is then the greenlet doing the step, and the step
+#: awaits *aw* for the runner (Portal._await_for). Elsewhere the hub is not
+#: waiting in a step, so the runner is no provider and SQLAlchemy refuses
+#: with its own error. (The C core explains why not a greenlet subclass.)
+_PROVIDER = "__sqlalchemy_greenlet_provider__"
+_MARKED = {_PROVIDER: True}
+
+
 def _runner_is_clean(st: _ThreadState, runner: greenlet) -> bool:
-    """Whether an idle runner carries nothing a later task could see."""
+    """Whether an idle runner carries nothing a later task could see (no
+    attribute but the provider mark)."""
     return (
         not runner.dead
         and runner.parent is st.hub
         and id(runner) not in st.deep
-        and not runner.__dict__
+        and runner.__dict__ == _MARKED
         and weakref.getweakrefcount(runner) == 0
     )
 
@@ -355,6 +383,7 @@ def _new_runner(st: _ThreadState, cur: greenlet) -> greenlet:
     _refresh_memory_limit()
     _watch_collections()
     runner = greenlet(_runner_main, st.hub)
+    setattr(runner, _PROVIDER, True)
     if cur is not st.hub:
         st.deep.add(id(runner))
     return runner
@@ -385,6 +414,7 @@ class Portal:
         "_job",
         "_msg",
         "_closing",
+        "_unmarked",
         "_serial",
         "__weakref__",
     )
@@ -401,6 +431,7 @@ class Portal:
     _job: tuple[bool, Any] | None  # (throw, arg), until the target takes it
     _msg: tuple[Any, ...] | None  # the step's message, for the stepper
     _closing: bool  # while close() unwinds the coroutine: no suspending then
+    _unmarked: bool  # the runner's provider mark is off (a step off the hub)
     _serial: int  # creation order in the process, for closing at exit
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Portal:
@@ -420,6 +451,7 @@ class Portal:
         self._stepper = self._target = None
         self._job = self._msg = None
         self._closing = False
+        self._unmarked = False
         self._serial = next(_serials)
         return self
 
@@ -579,6 +611,8 @@ class Portal:
             runner = None
             # The step runs in the very context object of the caller.
             target.gr_context = cur.gr_context
+        if cur is not st.hub or self._unmarked:
+            self._mark_runner(cur is not st.hub)
         self._job = (throw, arg)
         arg = None
         self._target = target
@@ -636,6 +670,9 @@ class Portal:
                 to = self._runner
             if to is None or to is stepper() or to.dead:
                 return ret, thrown  # the runner ended
+            if thrown is None and _is_provider_request(self, to, ret):
+                ret, thrown = self._await_for(to, ret)
+                continue
             if thrown is not None and _being_killed(thrown):
                 exc = thrown
             else:
@@ -647,6 +684,47 @@ class Portal:
                 thrown = e
             exc = to = None  # type: ignore[assignment]
         return ret, thrown
+
+    def _await_for(self, runner: greenlet, aw: Any) -> tuple[Any, BaseException | None]:
+        """Await *aw* for the runner, suspended in its switch to the stepping
+        greenlet (a provider request): on a helper greenlet, a child of the
+        runner in its context, that calls :func:`await_`. The helper
+        suspends the step as any await_ does; when it ends, greenlet hands
+        its result (or raises its exception) in the runner, where the
+        switch returns it. Returns what next comes into the stepping
+        greenlet."""
+        try:
+            helper = greenlet(await_, runner)
+            helper.gr_context = runner.gr_context
+        except BaseException as exc:
+            aw = None
+            try:
+                return runner.throw(exc), None
+            except BaseException as e:
+                return None, e
+        self._target = helper
+        try:
+            return helper.switch(aw), None
+        except BaseException as e:
+            return None, e
+        finally:
+            aw = None
+            if self._target is helper:
+                self._target = runner
+            helper = None  # a parked helper is the portal's, in its message
+
+    def _mark_runner(self, off_hub: bool) -> None:
+        """Turn the runner's provider mark off for a step made from a
+        greenlet other than the hub, back on for a step from the hub."""
+        runner = self._runner
+        if runner is None:
+            return
+        if off_hub:
+            self._unmarked = True
+            runner.__dict__.pop(_PROVIDER, None)
+        else:
+            setattr(runner, _PROVIDER, True)
+            self._unmarked = False
 
     def _failed(
         self, ret: Any, thrown: BaseException | None, resume: greenlet | None, awaiting: Any
@@ -677,6 +755,9 @@ class Portal:
         runner = self._runner
         assert runner is not None
         runner.gr_context = None
+        if self._unmarked:
+            self._unmarked = False
+            setattr(runner, _PROVIDER, True)
         if _getrefcount is not None and _getrefcount(runner) <= _RUNNER_REFS:
             self._runner = None
             _give_back(st, runner)

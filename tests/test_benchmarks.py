@@ -30,13 +30,18 @@ def expected_rows() -> dict[str, set[str]]:
     """Case id -> the row labels it must report on each loop."""
     gbl = {f"greenback_loop[{name}]" for name in CORES}
     bridges = {"plain", "greenback", "sqlalchemy"} | gbl
+    retrofit = {"greenback_loop[c] (retrofit)"} if "c" in CORES else set()
+    hooked = {"greenback (on greenback_loop)"}
     return {
         "a": {"plain"},
-        "b": {"greenback"} | gbl,
-        "c": bridges,
+        "b": {"greenback"} | gbl | retrofit,
+        "c": bridges | retrofit | hooked,
         "d.coro": bridges,
         "d.future": bridges,
-        "e": {"plain", "greenback (with_portal_run)", "greenback (ensure_portal)"} | gbl,
+        "e": {"plain", "greenback (with_portal_run)", "greenback (ensure_portal)"}
+        | gbl
+        | retrofit
+        | hooked,
         "f.idle": {"plain", "greenback"} | gbl,
         "f.await_": {"greenback", "sqlalchemy"} | gbl,
         "g": bridges,
