@@ -149,6 +149,23 @@ static PyType_Spec create_task_spec = {
     .slots = create_task_slots,
 };
 
+/* A new create_task (extra NULL) or call_soon (extra: the pure-Python Task
+ * class) callable over base, calling through vectorcall. */
+static PyObject *
+create_task_new(PyObject *base, PyObject *wrap, PyObject *extra, vectorcallfunc vectorcall)
+{
+    CreateTaskObject *self = PyObject_GC_New(CreateTaskObject, gbl_st.create_task_type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->base = Py_NewRef(base);
+    self->wrap = Py_NewRef(wrap);
+    self->extra = Py_XNewRef(extra);
+    self->vectorcall = vectorcall;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 PyDoc_STRVAR(gbl_portal_create_task_doc,
              "portal_create_task(base, wrap)\n--\n\n"
              "A create_task method for a loop class: wraps the coroutine in a portal\n"
@@ -162,14 +179,5 @@ gbl_portal_create_task(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "portal_create_task(base, wrap) takes two callables");
         return NULL;
     }
-    CreateTaskObject *self = PyObject_GC_New(CreateTaskObject, gbl_st.create_task_type);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->base = Py_NewRef(args[0]);
-    self->wrap = Py_NewRef(args[1]);
-    self->extra = NULL;
-    self->vectorcall = (vectorcallfunc)create_task_vectorcall;
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
+    return create_task_new(args[0], args[1], NULL, (vectorcallfunc)create_task_vectorcall);
 }

@@ -128,6 +128,24 @@ gbl_asyncio_debug_offsets(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignor
                          (unsigned long long)coro);
 }
 
+/* Whether off is a pointer-aligned word inside tp's fixed-size part, after
+ * the object header; sets RuntimeError naming what when not. */
+static int
+slot_offset_ok(PyTypeObject *tp, Py_ssize_t off, const char *what)
+{
+    if (tp->tp_itemsize != 0 || off < (Py_ssize_t)sizeof(PyObject) ||
+        off % (Py_ssize_t)sizeof(PyObject *) != 0 ||
+        off + (Py_ssize_t)sizeof(PyObject *) > tp->tp_basicsize)
+    {
+        PyErr_Format(PyExc_RuntimeError,
+                     "greenback_loop: offset %zd cannot hold the %s of a %s "
+                     "(its size is %zd bytes)",
+                     off, what, tp->tp_name, tp->tp_basicsize);
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *
 gbl_set_task_layout(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -141,12 +159,7 @@ gbl_set_task_layout(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
     if (woff == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (wtp->tp_itemsize != 0 || woff < (Py_ssize_t)sizeof(PyObject) ||
-        woff % (Py_ssize_t)sizeof(PyObject *) != 0 ||
-        woff + (Py_ssize_t)sizeof(PyObject *) > wtp->tp_basicsize)
-    {
-        PyErr_Format(PyExc_RuntimeError, "greenback_loop: offset %zd cannot hold the task of a %s",
-                     woff, wtp->tp_name);
+    if (!slot_offset_ok(wtp, woff, "task")) {
         return NULL;
     }
     PyTypeObject *tp = (PyTypeObject *)args[0];
@@ -154,14 +167,7 @@ gbl_set_task_layout(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize
     if (off == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (tp->tp_itemsize != 0 || off < (Py_ssize_t)sizeof(PyObject) ||
-        off % (Py_ssize_t)sizeof(PyObject *) != 0 ||
-        off + (Py_ssize_t)sizeof(PyObject *) > tp->tp_basicsize)
-    {
-        PyErr_Format(PyExc_RuntimeError,
-                     "greenback_loop: offset %zd cannot hold the coroutine of a %s "
-                     "(its size is %zd bytes)",
-                     off, tp->tp_name, tp->tp_basicsize);
+    if (!slot_offset_ok(tp, off, "coroutine")) {
         return NULL;
     }
     uint64_t dsize, dcoro;
@@ -277,14 +283,5 @@ gbl_portal_call_soon(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssiz
                         "portal_call_soon(base, hook, pytask_type) takes two callables and a type");
         return NULL;
     }
-    CreateTaskObject *self = PyObject_GC_New(CreateTaskObject, gbl_st.create_task_type);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->base = Py_NewRef(args[0]);
-    self->wrap = Py_NewRef(args[1]);
-    self->extra = Py_NewRef(args[2]);
-    self->vectorcall = (vectorcallfunc)call_soon_vectorcall;
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
+    return create_task_new(args[0], args[1], args[2], (vectorcallfunc)call_soon_vectorcall);
 }

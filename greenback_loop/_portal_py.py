@@ -849,6 +849,16 @@ def _make_exception(typ: Any, val: Any = None, tb: Any = None) -> BaseException:
     return exc
 
 
+def _drop_own_frame(obj: Any) -> Any:
+    """In debug mode, the creation point a task or handle records is our
+    caller's, as with the C core (asyncio's own methods drop their frame
+    likewise): our wrapper's frame is removed from it."""
+    tb = getattr(obj, "_source_traceback", None)
+    if tb and tb[-1].filename == __file__:
+        del tb[-1]
+    return obj
+
+
 def portal_create_task(base: Callable[..., Any], wrap: Callable[[Any], Any]) -> Callable[..., Any]:
     """A ``create_task`` method for a loop class: wraps the coroutine in a
     portal (native coroutines here, anything else through ``wrap(coro)``) and
@@ -861,13 +871,7 @@ def portal_create_task(base: Callable[..., Any], wrap: Callable[[Any], Any]) -> 
             args = (coro, *args[1:])
         elif "coro" in kwargs:
             kwargs["coro"] = wrap(kwargs["coro"])
-        task = base(self, *args, **kwargs)
-        # In debug mode, the creation point recorded is the caller's, as
-        # with the C core (the base method drops its own frame likewise).
-        tb = getattr(task, "_source_traceback", None)
-        if tb and tb[-1].filename == __file__:
-            del tb[-1]
-        return task
+        return _drop_own_frame(base(self, *args, **kwargs))
 
     create_task.__doc__ = base.__doc__
     create_task.__wrapped__ = base  # type: ignore[attr-defined]
@@ -885,11 +889,7 @@ def portal_call_soon(
     def call_soon(self: Any, callback: Any, *args: Any, **kwargs: Any) -> Any:
         if type(callback) is types.MethodType and isinstance(callback.__self__, pytask_type):
             hook(callback.__self__)
-        handle = base(self, callback, *args, **kwargs)
-        tb = getattr(handle, "_source_traceback", None)
-        if tb and tb[-1].filename == __file__:
-            del tb[-1]
-        return handle
+        return _drop_own_frame(base(self, callback, *args, **kwargs))
 
     call_soon.__doc__ = base.__doc__
     call_soon.__wrapped__ = base  # type: ignore[attr-defined]
