@@ -5,9 +5,12 @@ takes its ``greenback/_tests`` package and runs it with pytest against a
 stand-in package named ``greenback`` that re-exports greenback_loop's public
 API (plus the ``current_task()`` helper the tests import from
 ``greenback._impl``), so every ``greenback.*`` call in the tests lands on
-greenback_loop. The tests run as greenback runs them: on plain asyncio loops
-(through anyio's asyncio backend), where portals are given to existing
-tasks.
+greenback_loop. The tests run as greenback runs them, through anyio's asyncio backend, on
+each of four loops in turn (``--loop`` picks some): plain asyncio and plain
+uvloop, where portals are given to existing tasks, and greenback_loop's own
+loops over asyncio and over uvloop, where every task has one already. The
+loop is chosen by an event loop policy set from a small pytest plugin, as a
+program that cannot change its ``asyncio.run()`` call would.
 
 Left out, and counted in the summary:
 
@@ -24,15 +27,17 @@ Left out, and counted in the summary:
 
 Usage::
 
-    python -m tests.conformance.run_greenback_suite [--version 1.3.0] [-- pytest args]
+    python -m tests.conformance.run_greenback_suite [--version 1.3.0] [--loop NAME ...]
+        [-- pytest args]
 
-Exits with pytest's status (0: every selected test passed); 2 when the
-sdist cannot be fetched.
+Exits 0 when every selected test passed on every loop, 1 when any failed,
+2 when the sdist cannot be fetched.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tarfile
@@ -80,6 +85,48 @@ SHIM = {
         from greenback_loop import async_context, async_iter, autoawait, decorate_as_sync  # noqa: F401
         """,
 }
+
+
+#: Tests that assert a task has no portal before ensure_portal(): on
+#: greenback_loop's loops every task has one, by design, so they are left
+#: out there (and run on the plain loops).
+NO_PORTAL_FIRST = ("test_simple", "test_with_portal_run", "test_bestow")
+
+#: --loop names: the policy the plugin sets (None: asyncio's default).
+LOOPS = {
+    "asyncio": None,
+    "uvloop": "uvloop.EventLoopPolicy()",
+    "greenback_loop": "greenback_loop.GreenbackPolicy()",
+    "greenback_loop-uvloop": "greenback_loop.GreenbackPolicy(uvloop=True)",
+}
+
+PLUGIN = """
+import asyncio
+import warnings
+
+import greenback_loop  # noqa: F401
+
+
+def pytest_configure(config):
+    policy = {policy}
+    if policy is not None:
+        with warnings.catch_warnings():  # policies are deprecated from 3.14
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(policy)
+    loop = asyncio.new_event_loop()  # what anyio's asyncio.Runner will get
+    print(f"loop class: {{type(loop).__module__}}.{{type(loop).__qualname__}}", flush=True)
+    loop.close()
+"""
+
+
+def write_plugin(into: Path, loop: str) -> str:
+    """A pytest plugin module in *into* that runs the suite on *loop*;
+    returns its module name."""
+    policy = LOOPS[loop]
+    imports = "import uvloop\n" if policy and policy.startswith("uvloop") else ""
+    name = "_loop_" + loop.replace("-", "_")
+    (into / f"{name}.py").write_text(imports + PLUGIN.format(policy=policy))
+    return name
 
 
 def fetch_tests(version: str, into: Path) -> Path:
@@ -156,6 +203,12 @@ def _options(pkg: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", default="1.3.0", help="greenback's version (1.3.0)")
+    parser.add_argument(
+        "--loop",
+        action="append",
+        choices=list(LOOPS),
+        help="run on this loop (repeatable; default: all of them)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="greenback-suite-") as tmp:
@@ -172,21 +225,53 @@ def main(argv: list[str]) -> int:
             f"internals and {len(trio)} that run under Trio",
             flush=True,
         )
-        ids = [str(pkg / test_id) for test_id in run]
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-rfE",
-                *_options(pkg)[:-1],
-                *args.pytest_args,
-                *ids,
-            ],
-            cwd=tmp,
+        failed = []
+        for loop in args.loop or list(LOOPS):
+            ids = [str(pkg / test_id) for test_id in run]
+            if loop.startswith("greenback_loop"):
+                ids = [i for i in ids if i.split("::")[-1].split("[")[0] not in NO_PORTAL_FIRST]
+            print(
+                f"--- on {loop}: {len(ids)} tests"
+                + (
+                    f" ({len(run) - len(ids)} that assert a task starts without a portal "
+                    "left out: on greenback_loop's loops every task has one)"
+                    if len(ids) < len(run)
+                    else ""
+                )
+                + " ---",
+                flush=True,
+            )
+            plugin = write_plugin(Path(tmp), loop)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-rfE",
+                    "-p",
+                    plugin,
+                    *_options(pkg)[:-1],
+                    *args.pytest_args,
+                    *ids,
+                ],
+                cwd=tmp,
+                env=dict(
+                    os.environ,
+                    PYTHONPATH=os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")])),
+                ),
+            )
+            if proc.returncode != 0:
+                failed.append(loop)
+        print(
+            f"greenback {args.version}'s suite: "
+            + (
+                f"FAILED on {', '.join(failed)}"
+                if failed
+                else f"passed on {len(args.loop or LOOPS)} loops"
+            )
         )
-        return proc.returncode
+        return 1 if failed else 0
 
 
 if __name__ == "__main__":
