@@ -5,7 +5,10 @@
 difference divided by 2N, which removes start-up and teardown, with a fixed
 hash seed so that runs of one build agree. Cases: a
 plain ``await sleep(0)`` step on a plain loop, the same step in a portal
-task, and ``await_(sleep(0))`` from sync code, on asyncio and uvloop.
+task, ``await_(sleep(0))`` from sync code, and spawning a task
+(``await create_task(noop())``) on a plain loop and on ours, on asyncio and
+uvloop. ``--hook`` adds the spawn without our loops' ``call_soon`` hook
+(the piece that gives ``asyncio.Task()`` its portal), to isolate its cost.
 Requires valgrind.
 """
 
@@ -21,7 +24,7 @@ import tempfile
 SCRIPT = r"""
 import asyncio, sys
 kind, case, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if case == "plain":
+if case.startswith("plain"):
     if kind == "uvloop":
         import uvloop
         factory = uvloop.new_event_loop
@@ -42,8 +45,22 @@ async def awaits():
     for _ in range(n):
         sync_sleep()
 
+async def noop():
+    pass
+
+async def spawns():
+    for _ in range(n):
+        await asyncio.create_task(noop())
+
 async def main():
-    await asyncio.create_task(awaits() if case == "await_" else steps())
+    if case == "spawn-nohook":  # our loop's call_soon hook taken out
+        cls = type(asyncio.get_running_loop())
+        cls.call_soon = cls.call_soon.__wrapped__
+    if case.startswith("spawn") or case == "plain-spawn":
+        body = spawns()
+    else:
+        body = awaits() if case == "await_" else steps()
+    await asyncio.create_task(body)
 
 with asyncio.Runner(loop_factory=factory) as r:
     r.run(main())
@@ -82,13 +99,15 @@ def instructions(kind: str, case: str, n: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=10_000)
+    parser.add_argument("--hook", action="store_true", help="also spawn without the call_soon hook")
     args = parser.parse_args()
     n = args.n
     print(f"Python {sys.version.split()[0]}, instructions per operation (N={n} vs {3 * n})")
     for kind in ("asyncio", "uvloop"):
-        for case in ("plain", "step", "await_"):
+        cases = ["plain", "step", "await_", "plain-spawn", "spawn"]
+        for case in cases + (["spawn-nohook"] if args.hook else []):
             per = (instructions(kind, case, 3 * n) - instructions(kind, case, n)) / (2 * n)
-            print(f"{kind:8} {case:7} {per:10,.0f}")
+            print(f"{kind:8} {case:12} {per:10,.0f}")
 
 
 if __name__ == "__main__":
