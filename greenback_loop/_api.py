@@ -90,8 +90,7 @@ async def _call_sync(fn: Callable[..., T], args: tuple[Any, ...], kwds: dict[str
     return fn(*args, **kwds)
 
 
-async def _in_new_portal(coro: Coroutine[Any, Any, T]) -> T:
-    task = _current_task("with_portal_run()")
+async def _in_new_portal(task: Any, coro: Coroutine[Any, Any, T]) -> T:
     ensure_hooked()
     portal_run_tasks[task] = portal_run_tasks.get(task, 0) + 1
     try:
@@ -114,9 +113,10 @@ async def with_portal_run(async_fn: Callable[..., Awaitable[T]], *args: Any, **k
     """
     if _impl.core.in_portal():
         return await async_fn(*args, **kwds)
+    task = _current_task("with_portal_run()")
     aw = async_fn(*args, **kwds)
     coro = aw if asyncio.iscoroutine(aw) else _adapt(aw)
-    return await _in_new_portal(coro)
+    return await _in_new_portal(task, coro)
 
 
 async def with_portal_run_sync(sync_fn: Callable[..., T], *args: Any, **kwds: Any) -> T:
@@ -128,7 +128,8 @@ async def with_portal_run_sync(sync_fn: Callable[..., T], *args: Any, **kwds: An
     """
     if _impl.core.in_portal():
         return sync_fn(*args, **kwds)
-    return await _in_new_portal(_call_sync(sync_fn, args, kwds))
+    task = _current_task("with_portal_run_sync()")
+    return await _in_new_portal(task, _call_sync(sync_fn, args, kwds))
 
 
 class _Tree:
@@ -174,6 +175,7 @@ def _tree_portals(what: str) -> Iterator[bool]:
     """Portals for the tasks created in this context while active; yields
     whether the loop is a greenback_loop loop (then nothing needs doing)."""
     loop = _running_loop(what)
+    ensure_hooked()  # greenback's own functions, if installed, see the tree's portals
     if is_portal_loop(loop):
         yield True
         return

@@ -87,13 +87,31 @@ def no_portal_error(nested: bool) -> RuntimeError:
             "Create it with asyncio.create_task() or loop.create_task(), or call "
             "'await greenback_loop.ensure_portal()' in it first."
         )
-    return RuntimeError(
+    where = (
         f"greenback_loop.await_() was called in task {task.get_name()!r}, which has "
         f"no portal: its event loop ({type(loop).__module__}.{type(loop).__qualname__}) "
-        "is not a greenback_loop event loop. You must create a greenback portal for "
-        "this task first: 'await greenback_loop.ensure_portal()' in the task "
+        "is not a greenback_loop event loop. "
+    )
+    if _twin_meets_c_task(task):
+        return RuntimeError(
+            where + "It is asyncio's C Task, which this process's pure-Python core "
+            "cannot give a portal to (GREENBACK_LOOP_NO_EXTENSIONS=1, or not CPython), "
+            "so ensure_portal() would refuse too. " + _RUN_HINT
+        )
+    return RuntimeError(
+        where + "You must create a greenback portal for this task first: "
+        "'await greenback_loop.ensure_portal()' in the task "
         "(greenback.ensure_portal() in code written for greenback). " + _RUN_HINT
     )
+
+
+def _twin_meets_c_task(task: object) -> bool:
+    """Whether the pure-Python core is in use and *task* is a C Task, whose
+    coroutine only the C core can replace."""
+    from . import _impl  # (cold path: the package is imported by now)
+
+    ctask = getattr(asyncio.tasks, "_CTask", None)
+    return _impl.implementation == "python" and ctask is not None and isinstance(task, ctask)
 
 
 def is_portal(coro: object) -> bool:

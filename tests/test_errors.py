@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import gc
 import inspect
 import threading
 from typing import Any
@@ -127,13 +128,31 @@ def test_outside_portal_closes_only_never_started_coroutines() -> None:
     portal.close()
 
 
-def test_plain_loop_task(run_plain: Any) -> None:
-    async def main() -> None:
-        with pytest.raises(RuntimeError, match="not a greenback_loop event loop"):
+def test_plain_loop_task(run_plain: Any, impl: str) -> None:
+    async def main() -> str:
+        with pytest.raises(RuntimeError, match="not a greenback_loop event loop") as info:
             greenback_loop.await_(answer())
         assert not greenback_loop.has_portal()
+        return str(info.value)
 
-    run_plain(main())
+    message = run_plain(main())
+    # the advice is one that works with this core: the pure-Python core
+    # cannot give a C Task a portal, so it does not suggest ensure_portal()
+    if impl == "python":
+        assert "pure-Python core" in message and "ensure_portal() would refuse" in message
+    else:
+        assert "ensure_portal()" in message and "pure-Python" not in message
+
+
+@pytest.mark.parametrize("fn", ["with_portal_run", "with_portal_run_sync"])
+def test_with_portal_run_outside_a_task(fn: str, recwarn: pytest.WarningsRecorder) -> None:
+    """Named in the error, and nothing is left unawaited."""
+    target = answer if fn == "with_portal_run" else (lambda: 1)
+    coro = getattr(greenback_loop, fn)(target)
+    with pytest.raises(RuntimeError, match=rf"^{fn}\(\) must be called from"):
+        coro.send(None)
+    gc.collect()
+    assert [str(w.message) for w in recwarn.list if "never awaited" in str(w.message)] == []
 
 
 async def test_nested_greenlet_not_under_the_task() -> None:

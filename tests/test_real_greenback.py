@@ -5,6 +5,8 @@ mixed with greenback_loop's own; greenback keeps working on plain loops."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import types
 import weakref
 from typing import Any
@@ -177,3 +179,30 @@ def test_a_greenback_with_other_internals_refuses_loudly() -> None:
 def test_installed_greenback_is_hooked() -> None:
     greenback_loop.new_event_loop().close()
     assert isinstance(greenback._impl.task_portals, _greenback.PortalMap)
+
+
+@pytest.mark.parametrize("entry", ["portals_for_children", "with_portal_run_tree"])
+def test_tree_portals_alone_hook_greenback(entry: str) -> None:
+    """In a fresh process whose only greenback_loop call is a tree function
+    on a plain loop, greenback's await_ works in the tree's tasks."""
+    script = f"""
+import asyncio, greenback, greenback_loop
+
+async def child():
+    return greenback.await_(asyncio.sleep(0, "ok"))
+
+async def tree():
+    return await asyncio.create_task(child())
+
+async def main():
+    if {entry!r} == "portals_for_children":
+        with greenback_loop.portals_for_children():
+            return await tree()
+    return await greenback_loop.with_portal_run_tree(tree)
+
+print(asyncio.run(main()))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr[-3000:]
