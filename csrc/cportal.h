@@ -85,6 +85,9 @@ typedef struct {
     /* Set while the runner's provider mark is off: it was stepped from a
      * greenlet other than the hub (see runner_mark). */
     int unmarked;
+    /* Set by _detach(): the coroutine is no longer the portal's to step or
+     * close (its task resumes it directly again). */
+    int detached;
     int msg_kind;
     PyObject *msg_value;
     PyGreenlet *msg_resume;

@@ -262,6 +262,11 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
         PyErr_SetString(PyExc_ValueError, "coroutine already executing");
         return PYGEN_ERROR;
     }
+    if (self->detached) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "greenback_loop: this portal was detached from its coroutine");
+        return PYGEN_ERROR;
+    }
     ThreadStateObject *ts = gbl_thread_state();
     if (ts == NULL || gbl_switch_headroom() < 0) {
         return PYGEN_ERROR;
@@ -422,6 +427,7 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->job_throw = 0;
     self->closing = 0;
     self->unmarked = 0;
+    self->detached = 0;
     self->msg_kind = GBL_MSG_NONE;
     self->msg_value = NULL;
     self->msg_resume = NULL;
@@ -521,8 +527,8 @@ portal_close_runs_code(PortalObject *self)
     if (portal_holds_greenlets(self)) {
         return 1;
     }
-    if (self->coro == NULL) {
-        return 0; /* cleared by the collector */
+    if (self->coro == NULL || self->detached) {
+        return 0; /* cleared by the collector, or no longer the portal's */
     }
     getter get = PyCoro_CheckExact(self->coro)  ? gbl_st.coro_get_suspended
                  : PyGen_CheckExact(self->coro) ? gbl_st.gen_get_suspended
@@ -732,7 +738,7 @@ portal_close(PortalObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     if (!portal_close_runs_code(self)) {
-        if (self->coro == NULL) {
+        if (self->coro == NULL || self->detached) {
             Py_RETURN_NONE;
         }
         return PyObject_CallMethodNoArgs(self->coro, gbl_st.str_close);
@@ -885,11 +891,31 @@ portal_holds_greenlets_meth(PortalObject *self, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(portal_holds_greenlets(self));
 }
 
+/* Give the coroutine back to whoever resumes it directly from now on (a
+ * Trio task whose Task.coro was set back to it): the portal no longer steps
+ * or closes it. Only between steps, and only while the coroutine's frames
+ * depend on none of the portal's greenlets; returns whether it detached. */
+static PyObject *
+portal_detach(PortalObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->stepper != NULL) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return NULL;
+    }
+    if (portal_holds_greenlets(self)) {
+        Py_RETURN_FALSE;
+    }
+    self->detached = 1;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef portal_methods[] = {
     {"send", (PyCFunction)portal_send, METH_O, "send(value) -> the next yielded value"},
     {"throw", (PyCFunction)(void (*)(void))portal_throw, METH_FASTCALL,
      "throw(exc) -> raise exc in the coroutine; the next yielded value"},
     {"close", (PyCFunction)portal_close, METH_NOARGS, "close() -> raise GeneratorExit inside"},
+    {"_detach", (PyCFunction)portal_detach, METH_NOARGS,
+     "Stop stepping and closing the coroutine, between steps; whether it could."},
     {"_holds_greenlets", (PyCFunction)portal_holds_greenlets_meth, METH_NOARGS,
      "Whether the coroutine's frames live in the portal's greenlets (parked, or pinned)."},
     {NULL, NULL, 0, NULL},

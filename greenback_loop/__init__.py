@@ -67,4 +67,8 @@ def __getattr__(name: str) -> Any:
         from ._loop import policy_class
 
         return policy_class()
+    if name == "AutoPortalInstrument":  # greenback's name; needs Trio
+        from .trio import AutoPortalInstrument
+
+        return AutoPortalInstrument
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar, overload
@@ -13,24 +14,43 @@ from typing import Any, TypeVar, overload
 from . import _impl
 from ._greenback import ensure_hooked
 from ._loop import is_portal_loop
-from ._retrofit import give_portal, is_task, portal_run_tasks, task_has_portal
+from ._retrofit import give_portal, is_task, portal_run_tasks, set_task_coro, task_has_portal
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 
 
-def _current_task(what: str) -> asyncio.Task[Any]:
+def _trio_task() -> Any:
+    """The Trio task running in this thread, or None (also when Trio was
+    never imported)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
     try:
-        asyncio.get_running_loop()
+        return trio.lowlevel.current_task()
     except RuntimeError:
-        raise RuntimeError(
-            f"{what} must be called from an asyncio task: no event loop is running in this thread"
-        ) from None
-    task = asyncio.current_task()
-    if task is None:
-        raise RuntimeError(f"{what} must be called from an asyncio task: no task is running")
-    return task
+        return None
+
+
+def _is_trio_task(obj: object) -> bool:
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(obj, trio.lowlevel.Task)
+
+
+def _current_task(what: str) -> Any:
+    """The asyncio or Trio task running in this thread (a Trio guest run's
+    steps run in its asyncio host's callbacks, outside any asyncio task)."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        if task is not None:
+            return task
+    task = _trio_task()
+    if task is not None:
+        return task
+    why = "no event loop is running in this thread" if loop is None else "no task is running"
+    raise RuntimeError(f"{what} must be called from an asyncio or Trio task: {why}")
 
 
 async def ensure_portal() -> None:
@@ -40,46 +60,73 @@ async def ensure_portal() -> None:
 
     On a greenback_loop event loop every task already has a portal. Any
     other asyncio task (plain asyncio or uvloop, or one made with
-    ``asyncio.Task()``) is given one, which is active from the yield on.
+    ``asyncio.Task()``), and any Trio task, is given one, which is active
+    from the yield on.
 
     Raises:
-        RuntimeError: not called from an asyncio task, or the task cannot be
-            given a portal (the message says why).
+        RuntimeError: not called from an asyncio or Trio task, or the task
+            cannot be given a portal (the message says why).
     """
     task = _current_task("ensure_portal()")
     ensure_hooked()
+    if not is_task(task):
+        from . import _trio
+
+        if not (_impl.core.in_portal() or _trio.task_has_portal(task)):
+            _trio.give_portal(task, "ensure_portal()", check_run=False)
+        await _trio.checkpoint()
+        return
     if not (_impl.core.in_portal() or task_has_portal(task)):
         give_portal(task, "ensure_portal()")
     await asyncio.sleep(0)
 
 
-def bestow_portal(task: asyncio.Task[Any]) -> None:
-    """Make sure *task* can use :func:`await_`, like :func:`ensure_portal`
-    called from within *task*, but without yielding: the portal is active
-    from the task's next step (so, for the current task, after its next
-    ``await`` that yields to the event loop).
+def bestow_portal(task: Any) -> None:
+    """Make sure *task* (an asyncio or Trio task) can use :func:`await_`,
+    like :func:`ensure_portal` called from within *task*, but without
+    yielding: the portal is active from the task's next step (so, for the
+    current task, after its next ``await`` that yields to the event loop).
 
     Raises:
-        TypeError: *task* is not an asyncio task.
+        TypeError: *task* is neither an asyncio task nor a Trio task.
         RuntimeError: *task* cannot be given a portal (the message says why).
     """
-    if not is_task(task):
-        raise TypeError(f"bestow_portal() needs an asyncio.Task, not {type(task).__name__}")
-    ensure_hooked()
-    if not task_has_portal(task):
-        give_portal(task, "bestow_portal()")
+    if is_task(task):
+        ensure_hooked()
+        if not task_has_portal(task):
+            give_portal(task, "bestow_portal()")
+        return
+    if _is_trio_task(task):
+        from . import _trio
+
+        ensure_hooked()
+        if not _trio.task_has_portal(task):
+            _trio.give_portal(task, "bestow_portal()")
+        return
+    raise TypeError(
+        f"bestow_portal() needs an asyncio.Task or a trio.lowlevel.Task, not {type(task).__name__}"
+    )
 
 
-def has_portal(task: asyncio.Task[Any] | None = None) -> bool:
-    """Return whether *task* (by default the current task) can use
-    :func:`await_`."""
-    try:
-        current = asyncio.current_task()
-    except RuntimeError:
-        current = None
-    if task is None or task is current:
+def has_portal(task: Any = None) -> bool:
+    """Return whether *task* (an asyncio or Trio task; by default the
+    current task) can use :func:`await_`."""
+    if task is None:
         return bool(_impl.core.in_portal())
-    return task_has_portal(task)
+    if is_task(task):
+        loop = asyncio._get_running_loop()
+        if loop is not None and task is asyncio.current_task(loop):
+            return bool(_impl.core.in_portal())
+        return task_has_portal(task)
+    if _is_trio_task(task):
+        from . import _trio
+
+        if task is _trio_task():
+            return bool(_impl.core.in_portal())
+        return _trio.task_has_portal(task)
+    raise TypeError(
+        f"has_portal() needs an asyncio.Task or a trio.lowlevel.Task, not {type(task).__name__}"
+    )
 
 
 async def _adapt(aw: Awaitable[T]) -> T:
@@ -171,13 +218,28 @@ class _TreeTaskFactory:
 
 
 @contextmanager
-def _tree_portals(what: str) -> Iterator[bool]:
-    """Portals for the tasks created in this context while active; yields
-    whether the loop is a greenback_loop loop (then nothing needs doing)."""
-    loop = _running_loop(what)
+def _tree_portals(what: str) -> Iterator[None]:
+    """Portals for the tasks created below this call while it is active:
+    on Trio, those spawned into nurseries the current task opens meanwhile
+    (an instrument); on an asyncio loop other than ours, those created in
+    this context (a task factory); on our loops, nothing to do."""
     ensure_hooked()  # greenback's own functions, if installed, see the tree's portals
+    loop = asyncio._get_running_loop()
+    if loop is None or asyncio.current_task(loop) is None:
+        trio_task = _trio_task()
+        if trio_task is not None:
+            from . import _trio
+
+            with _trio.tree_portals(trio_task):
+                yield
+            return
+    if loop is None:
+        raise RuntimeError(
+            f"{what} must be called from an asyncio or Trio task: no event loop is "
+            "running in this thread"
+        )
     if is_portal_loop(loop):
-        yield True
+        yield
         return
     factory = loop.get_task_factory()
     if not isinstance(factory, _TreeTaskFactory):
@@ -187,22 +249,13 @@ def _tree_portals(what: str) -> Iterator[bool]:
     tree = _Tree()
     token = _tree.set(tree)
     try:
-        yield False
+        yield
     finally:
         tree.active = False
         _tree.reset(token)
         factory.users -= 1
         if not factory.users and loop.get_task_factory() is factory:
             loop.set_task_factory(factory.previous)  # type: ignore[union-attr]
-
-
-def _running_loop(what: str) -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            f"{what} must be called from an asyncio task: no event loop is running in this thread"
-        ) from None
 
 
 async def with_portal_run_tree(async_fn: Callable[..., Awaitable[T]], *args: Any, **kwds: Any) -> T:
@@ -238,13 +291,64 @@ async def portals_for_tree() -> AsyncIterator[None]:
     """Async context manager under which the current task and the tasks it
     creates (recursively) can use :func:`await_`.
 
-    Entering it is a checkpoint, as greenback's: the current task is given
-    a portal (see :func:`ensure_portal`) and yields once. Unlike greenback's,
-    the task keeps its portal after the block.
+    As greenback's: entering it is a schedule point (the current task is
+    given a portal if it has none, and yields once), and a portal given
+    there is taken back at the exit, which then yields once more. Under
+    Trio neither is a cancellation point; under asyncio a cancellation can
+    land in them, as in any ``await asyncio.sleep(0)``. On a greenback_loop
+    event loop every task has a portal already, and it stays.
     """
     with _tree_portals("portals_for_tree()"):
-        await ensure_portal()
-        yield
+        task = _current_task("portals_for_tree()")
+        given = None if _impl.core.in_portal() else _give_for_block(task)
+        try:
+            if is_task(task):
+                await asyncio.sleep(0)
+            else:
+                await sys.modules["trio"].lowlevel.cancel_shielded_checkpoint()
+            yield
+        finally:
+            if given is not None:
+                await _give_back(task, *given)
+            elif not is_task(task):
+                await sys.modules["trio"].lowlevel.cancel_shielded_checkpoint()
+
+
+def _give_for_block(task: Any) -> tuple[Any, Any] | None:
+    """Give *task* a portal for a portals_for_tree() block: (its coroutine,
+    the portal) if one was installed now, else None."""
+    if is_task(task):
+        coro = task.get_coro()
+        if task_has_portal(task) or not give_portal(task, "portals_for_tree()"):
+            return None
+        return coro, task.get_coro()
+    from . import _trio
+
+    coro = task.coro
+    if not _trio.give_portal(task, "portals_for_tree()", check_run=False):
+        return None
+    return coro, task.coro
+
+
+async def _give_back(task: Any, coro: Any, portal: Any) -> None:
+    """Take back the portal given by _give_for_block(): from the task's
+    next step its loop resumes *coro* directly. If the coroutine's frames
+    still depend on the portal's greenlets (sync code in it started a
+    greenlet that is still alive), the portal stays."""
+    if not is_task(task):
+        from . import _trio
+
+        await _trio.give_back(task, coro, portal)
+        return
+    if task.get_coro() is not portal:
+        return
+    # This step runs in the portal, which `portal` keeps alive until it ends.
+    set_task_coro(task, portal, coro, "portals_for_tree()")
+    try:
+        await asyncio.sleep(0)  # the step through the portal ends here
+    finally:
+        if not portal._detach():
+            set_task_coro(task, coro, portal, "portals_for_tree()")
 
 
 @overload

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import types
+from typing import Any
 
 _RUN_HINT = (
     "Run the program with greenback_loop.run(main()) or "
@@ -47,16 +49,23 @@ def no_portal_error(nested: bool) -> RuntimeError:
     *nested* is true when a portal step is running in this thread but the
     calling greenlet does not descend from the greenlet running it.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return RuntimeError(
+    loop = asyncio._get_running_loop()
+    task = asyncio.current_task(loop) if loop is not None else None
+    if task is None:
+        trio_task = _trio_task()
+        if trio_task is not None:
+            return _trio_no_portal(trio_task, nested)
+    if loop is None:
+        # as greenback's, an AsyncLibraryNotFoundError when sniffio is in use
+        sniffio = sys.modules.get("sniffio")
+        cls = getattr(sniffio, "AsyncLibraryNotFoundError", RuntimeError)
+        return cls(
             "greenback_loop.await_() was called with no event loop running in "
             "this thread. It can only be used by synchronous code that runs "
-            "inside an async task. From another thread, use "
-            "asyncio.run_coroutine_threadsafe(coro, loop).result() instead."
+            "inside an async task (asyncio or Trio). From another thread, use "
+            "asyncio.run_coroutine_threadsafe(coro, loop).result() (or "
+            "trio.from_thread.run()) instead."
         )
-    task = asyncio.current_task(loop)
     if task is None:
         return RuntimeError(
             "greenback_loop.await_() was called outside of any task (from an "
@@ -65,12 +74,7 @@ def no_portal_error(nested: bool) -> RuntimeError:
             "loop.create_task() instead."
         )
     if nested:
-        return RuntimeError(
-            "greenback_loop.await_() was called from a greenlet that does not "
-            "descend from the greenlet running the current task's step. Start "
-            "nested greenlets from code running inside the task, so that their "
-            "parent chain leads back to it."
-        )
+        return _nested_error()
     if is_portal(task.get_coro()):
         return RuntimeError(
             f"greenback_loop.await_() was called in task {task.get_name()!r} in the "
@@ -105,13 +109,54 @@ def no_portal_error(nested: bool) -> RuntimeError:
     )
 
 
+def _nested_error() -> RuntimeError:
+    return RuntimeError(
+        "greenback_loop.await_() was called from a greenlet that does not "
+        "descend from the greenlet running the current task's step. Start "
+        "nested greenlets from code running inside the task, so that their "
+        "parent chain leads back to it."
+    )
+
+
+def _trio_task() -> Any:
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    try:
+        return trio.lowlevel.current_task()
+    except RuntimeError:
+        return None
+
+
+def _trio_no_portal(task: Any, nested: bool) -> RuntimeError:
+    if nested:
+        return _nested_error()
+    if is_portal(task.coro):
+        return RuntimeError(
+            f"greenback_loop.await_() was called in Trio task {task.name!r} in the same "
+            "step that gave it a portal (bestow_portal() on the current task): you must "
+            "yield to the event loop (try 'await trio.sleep(0)') before using the "
+            "portal, or use 'await greenback_loop.ensure_portal()', which does that."
+        )
+    return RuntimeError(
+        f"greenback_loop.await_() was called in Trio task {task.name!r}, which has no "
+        "portal. You must create a greenback portal for this task first: 'await "
+        "greenback_loop.ensure_portal()' in the task (greenback.ensure_portal() in "
+        "code written for greenback), or run the program with "
+        "greenback_loop.trio.run(main), whose tasks all have one."
+    )
+
+
 def _twin_meets_c_task(task: object) -> bool:
     """Whether the pure-Python core is in use and *task* is a C Task, whose
     coroutine only the C core can replace."""
-    from . import _impl  # (cold path: the package is imported by now)
-
+    impl = sys.modules.get("greenback_loop._impl")  # imported by now; not imported here
     ctask = getattr(asyncio.tasks, "_CTask", None)
-    return _impl.implementation == "python" and ctask is not None and isinstance(task, ctask)
+    return (
+        getattr(impl, "implementation", None) == "python"
+        and ctask is not None
+        and isinstance(task, ctask)
+    )
 
 
 def is_portal(coro: object) -> bool:

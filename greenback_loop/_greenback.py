@@ -37,7 +37,8 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from . import _impl
-from ._retrofit import is_task, task_has_portal
+from ._errors import is_portal
+from ._retrofit import is_task, task_has_portal, trio_task_has_portal
 
 #: greenback versions whose internals this module was written for.
 KNOWN_VERSIONS = ("1.2.", "1.3.")
@@ -76,6 +77,19 @@ class _Bridge:
             return self.outcome.Error(exc)
 
 
+def _trio_current(task: Any) -> tuple[Any, bool] | None:
+    """For a Trio task: (the running Trio task, whether it is *task*);
+    None when *task* is no Trio task."""
+    trio = sys.modules.get("trio")
+    if trio is None or not isinstance(task, trio.lowlevel.Task):
+        return None
+    try:
+        current = trio.lowlevel.current_task()
+    except RuntimeError:
+        current = None
+    return current, current is task
+
+
 class PortalMap(MutableMapping[Any, Any]):
     """greenback's ``task_portals``, answering for greenback_loop's portals
     too (see the module docstring)."""
@@ -95,6 +109,14 @@ class PortalMap(MutableMapping[Any, Any]):
                 if type(task.get_coro()) is _impl.core.Portal:
                     return None  # bestowed: usable from the next step on
             elif task_has_portal(task):
+                return None
+        elif (found := _trio_current(task)) is not None:
+            if found[1]:  # the running task
+                if _impl.core.in_portal():
+                    return self.bridge
+                if is_portal(task.coro):
+                    return None  # bestowed: usable from the next step on
+            elif trio_task_has_portal(task):
                 return None
         raise KeyError(task)
 

@@ -415,6 +415,7 @@ class Portal:
         "_msg",
         "_closing",
         "_unmarked",
+        "_detached",
         "_serial",
         "__weakref__",
     )
@@ -432,6 +433,7 @@ class Portal:
     _msg: tuple[Any, ...] | None  # the step's message, for the stepper
     _closing: bool  # while close() unwinds the coroutine: no suspending then
     _unmarked: bool  # the runner's provider mark is off (a step off the hub)
+    _detached: bool  # _detach(): the coroutine is no longer ours to step or close
     _serial: int  # creation order in the process, for closing at exit
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Portal:
@@ -452,6 +454,7 @@ class Portal:
         self._job = self._msg = None
         self._closing = False
         self._unmarked = False
+        self._detached = False
         self._serial = next(_serials)
         return self
 
@@ -511,6 +514,8 @@ class Portal:
         portal) and cannot suspend."""
         if self._resume is not None or self._runner is not None:
             return True
+        if self._detached:
+            return False
         coro = self._coro
         t = type(coro)
         if t is types.CoroutineType:
@@ -523,7 +528,7 @@ class Portal:
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
         if not self._close_runs_code():
-            return self._coro.close()
+            return None if self._detached else self._coro.close()
         self._closing = True  # (no close nests in another: the stepper check)
         try:
             ok, value = self._step(True, GeneratorExit())
@@ -541,6 +546,19 @@ class Portal:
             raise value
         finally:
             value = None
+
+    def _detach(self) -> bool:
+        """Give the coroutine back to whoever resumes it directly from now
+        on (a Trio task whose ``Task.coro`` was set back to it): the portal
+        no longer steps or closes it. Only between steps, and only while
+        the coroutine's frames depend on none of the portal's greenlets;
+        returns whether it detached."""
+        if self._stepper is not None:
+            raise ValueError("coroutine already executing")
+        if self._holds_greenlets():
+            return False
+        self._detached = True
+        return True
 
     def __await__(self) -> Portal:
         # as await on the coroutine itself: refused while it awaits
@@ -588,6 +606,8 @@ class Portal:
         st = _state
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
+        if self._detached:
+            raise RuntimeError("greenback_loop: this portal was detached from its coroutine")
         _switch_headroom()
         cur: greenlet | None = getcurrent()
         assert cur is not None

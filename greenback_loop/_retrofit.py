@@ -43,6 +43,15 @@ def task_has_portal(task: Any) -> bool:
     return type(task.get_coro()) is _impl.core.Portal and not task.done()
 
 
+def trio_task_has_portal(task: Any) -> bool:
+    """The same for a Trio task (not running now): its coroutine is a
+    portal and has not finished, or it is inside with_portal_run()."""
+    if task in portal_run_tasks:
+        return True
+    coro = task.coro
+    return is_portal(coro) and coro.cr_frame is not None
+
+
 _layout_lock = threading.Lock()
 #: None until probed; then "" when the C core knows the C Task's layout, or
 #: why it could not learn it.
@@ -181,18 +190,29 @@ def give_portal(task: Any, what: str) -> bool:
             "give it a portal from that thread (loop.call_soon_threadsafe), where its "
             "steps run"
         )
-    portal = Portal(coro)
+    set_task_coro(task, coro, Portal(coro), what)
+    return True
+
+
+def set_task_coro(task: Any, old: Any, new: Any, what: str) -> None:
+    """Make *new* the coroutine of *task* (whose coroutine is *old*), from
+    its next step on.
+
+    Raises:
+        RuntimeError: the task keeps its coroutine where greenback_loop
+            cannot replace it, and why.
+    """
     if isinstance(task, _PyTask):
-        task._coro = portal  # type: ignore[attr-defined]
+        task._coro = new  # type: ignore[attr-defined]
     elif _CTask is not None and isinstance(task, _CTask):
-        _swap_c(task, coro, portal)
+        _swap_c(task, old, new)
     else:
         raise RuntimeError(
-            f"{what}: task {name!r} is a {type(task).__module__}.{type(task).__qualname__}, "
-            "neither asyncio's C Task nor its pure-Python Task, so greenback_loop does not "
-            "know where it keeps its coroutine"
+            f"{what}: task {task.get_name()!r} is a "
+            f"{type(task).__module__}.{type(task).__qualname__}, neither asyncio's C Task "
+            "nor its pure-Python Task, so greenback_loop does not know where it keeps its "
+            "coroutine"
         )
-    return True
 
 
 def portal_for_new_task(task: Any) -> None:

@@ -178,7 +178,7 @@ async def test_nested_greenlet_not_under_the_task() -> None:
 
 
 def test_ensure_portal_outside_task() -> None:
-    with pytest.raises(RuntimeError, match="must be called from an asyncio task"):
+    with pytest.raises(RuntimeError, match="must be called from an asyncio or Trio task"):
         asyncio.run(_call_ensure_portal_in_callback())
 
 

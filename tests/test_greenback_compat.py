@@ -23,11 +23,8 @@ def sync_fetch(n: int) -> int:
 def test_api_is_a_superset_of_greenback() -> None:
     import greenback as original
 
-    trio_only = {"AutoPortalInstrument"}
     missing = {
-        name
-        for name in dir(original)
-        if not name.startswith("_") and name not in trio_only and not hasattr(greenback, name)
+        name for name in dir(original) if not name.startswith("_") and not hasattr(greenback, name)
     }
     assert missing == set()
 

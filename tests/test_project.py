@@ -81,6 +81,8 @@ def test_package_modules_import_one_way() -> None:
         "__init__": 5,
         "_api": 4,
         "uvloop": 4,
+        "trio": 4,
+        "_trio": 3,
         "_loop": 3,
         "_util": 3,
         "_greenback": 2.7,

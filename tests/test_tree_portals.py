@@ -108,10 +108,15 @@ def test_portals_for_tree(run_plain: Any, impl: str) -> None:
         async with greenback_loop.portals_for_tree():
             here = sync_fetch(5)
             below = await asyncio.create_task(child(6))
-        # as documented: the current task keeps its portal after the block
-        return before, here, below, greenback_loop.has_portal()
+        # as greenback's: the portal given for the block is taken back
+        after = greenback_loop.has_portal()
+        with pytest.raises(RuntimeError, match="no portal"):
+            sync_fetch(7)
+        await asyncio.sleep(0)
+        # and the task runs on as it would have without it
+        return before, here, below, after, await fetch(8)
 
-    assert run_plain(main()) == (False, 5, 6, True)
+    assert run_plain(main()) == (False, 5, 6, False, 8)
 
 
 async def _enter_portals_for_tree() -> None:
@@ -224,7 +229,7 @@ def test_exception_and_cancellation_restore_the_loop(run_plain: Any) -> None:
     ids=["portals_for_children", "with_portal_run_tree"],
 )
 def test_without_a_loop(call: Any) -> None:
-    with pytest.raises(RuntimeError, match="must be called from an asyncio task"):
+    with pytest.raises(RuntimeError, match="must be called from an asyncio or Trio task"):
         call()
 
 
