@@ -212,7 +212,9 @@ def test_task_of_a_loop_in_another_thread(run_plain: Any) -> None:
 def test_bestow_portal_needs_a_task() -> None:
     loop = asyncio.new_event_loop()
     try:
-        with pytest.raises(TypeError, match=r"needs an asyncio\.Task or a trio\.lowlevel\.Task, not Future"):
+        with pytest.raises(
+            TypeError, match=r"needs an asyncio\.Task or a trio\.lowlevel\.Task, not Future"
+        ):
             greenback_loop.bestow_portal(asyncio.Future(loop=loop))  # type: ignore[arg-type]
     finally:
         loop.close()
