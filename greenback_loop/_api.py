@@ -347,8 +347,11 @@ async def _give_back(task: Any, coro: Any, portal: Any) -> None:
     try:
         await asyncio.sleep(0)  # the step through the portal ends here
     finally:
-        if not portal._detach():
+        detached = portal._detach()
+        if not detached:
             set_task_coro(task, coro, portal, "portals_for_tree()")
+    if not detached:
+        await asyncio.sleep(0)  # back in the portal from the next step on
 
 
 @overload

@@ -110,9 +110,11 @@ async def give_back(task: Any, coro: Any, portal: Any) -> None:
     try:
         await cancel_shielded_checkpoint()  # the step through the portal ends here
     finally:
-        if not portal._detach():
+        detached = portal._detach()
+        if not detached:
             task.coro = portal
-            _rebind_scheduled_step(task, coro, portal)
+    if not detached:
+        await cancel_shielded_checkpoint()  # back in the portal from the next step on
 
 
 class PortalInstrument(trio.abc.Instrument):

@@ -244,3 +244,56 @@ def test_on_our_loop_they_simply_run(run: Any) -> None:
         return a, b, c, asyncio.get_running_loop().get_task_factory() is factory
 
     assert run(main()) == ([0, 0, 1], 2, 3, True)
+
+
+def test_portals_for_tree_gives_back_after_an_error_and_a_cancel(run_plain: Any, impl: str) -> None:
+    """The portal given for the block is taken back however the block ends,
+    and the task goes on as without it."""
+    if impl == "python":
+        pytest.skip("the pure-Python core cannot give a C Task a portal (tested above)")
+
+    async def main() -> tuple[bool, bool, int]:
+        with pytest.raises(KeyError):
+            async with greenback_loop.portals_for_tree():
+                sync_fetch(1)
+                raise KeyError("in the block")
+        after_error = greenback_loop.has_portal()
+
+        async def cancelled() -> None:
+            async with greenback_loop.portals_for_tree():
+                greenback_loop.await_(asyncio.sleep(10))
+
+        task = asyncio.create_task(cancelled())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return after_error, greenback_loop.has_portal(task), await fetch(3)
+
+    assert run_plain(main()) == (False, False, 3)
+
+
+def test_portals_for_tree_keeps_a_portal_a_live_greenlet_needs(run_plain: Any, impl: str) -> None:
+    """A greenlet started in the block's sync code and still alive at the
+    exit depends on the portal's runner: the portal stays, and the task and
+    the greenlet keep working."""
+    if impl == "python":
+        pytest.skip("the pure-Python core cannot give a C Task a portal (tested above)")
+    import greenlet
+
+    async def main() -> tuple[bool, int, int]:
+        task_greenlet: Any = None
+
+        def in_child() -> int:
+            value = task_greenlet.switch("started")
+            return value * 2  # type: ignore[no-any-return]
+
+        async with greenback_loop.portals_for_tree():
+            task_greenlet = greenlet.getcurrent()
+            child = greenlet.greenlet(in_child)
+            assert child.switch() == "started"
+        kept = greenback_loop.has_portal()
+        after = sync_fetch(4)
+        return kept, after, child.switch(21)
+
+    assert run_plain(main()) == (True, 4, 42)

@@ -730,3 +730,40 @@ print(greenback_loop.trio.run(main))
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr[-3000:]
+
+
+def test_portals_for_tree_keeps_a_portal_a_live_greenlet_needs() -> None:
+    import greenlet
+
+    async def main() -> tuple[bool, int, int]:
+        task_greenlet: Any = None
+
+        def in_child() -> int:
+            value = task_greenlet.switch("started")
+            return value * 2  # type: ignore[no-any-return]
+
+        async with greenback_loop.portals_for_tree():
+            task_greenlet = greenlet.getcurrent()
+            child = greenlet.greenlet(in_child)
+            assert child.switch() == "started"
+        kept = greenback_loop.has_portal()
+        after = sync_sleep(0, 4)
+        return kept, after, child.switch(21)
+
+    assert trio.run(main) == (True, 4, 42)
+
+
+def test_portals_for_tree_exit_is_no_cancellation_point() -> None:
+    """As greenback's: under a cancelled scope, neither entering nor
+    leaving raises Cancelled; the next checkpoint does."""
+
+    async def main() -> tuple[bool, bool, bool]:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with greenback_loop.portals_for_tree():
+                inside = greenback_loop.has_portal()
+            after = greenback_loop.has_portal()
+            await trio.lowlevel.checkpoint()
+        return inside, after, scope.cancelled_caught
+
+    assert trio.run(main) == (True, False, True)
