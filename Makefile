@@ -1,7 +1,7 @@
 # Every habit of the project in one place. PYTHON may point at any venv.
 PYTHON ?= .venv/bin/python
 
-.PHONY: venv test test-python test-versions conformance build debug sanitize leaks lint docs demo bench bench-quick clean
+.PHONY: venv test test-python test-versions test-trio-floor conformance build debug sanitize leaks lint docs demo bench bench-quick clean
 
 venv:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test,uvloop]' ruff mypy
@@ -14,6 +14,11 @@ test-python:     ## the suite with the pure-Python core only
 
 test-versions:   ## the suite on CPython 3.14 and 3.15, from Debian unstable's packages
 	for v in 3.14 3.15; do bash .ci/debian-python.sh $$v && .pythons/$$v/venv/bin/python -m pytest || exit 1; done
+
+test-trio-floor: ## the Trio tests on the oldest Trio supported (0.26.0), as CI runs them
+	python3 -m venv .venv-trio-floor && .venv-trio-floor/bin/pip install -q -e '.[test]' 'trio==0.26.0' 'anyio==4.4.0'
+	.venv-trio-floor/bin/pytest -q tests/test_trio.py tests/test_any_library.py tests/test_tree_portals.py
+	.venv-trio-floor/bin/python -m tests.conformance.run_greenback_suite --loop trio
 
 conformance:     ## CPython's test_asyncio on our loops and policy, both cores, vs plain asyncio
 	$(PYTHON) -m tests.conformance.run_test_asyncio
