@@ -197,3 +197,70 @@ def test_core_loops_use_their_core(
 
     with asyncio.Runner(loop_factory=core_loop_factory(core, loop_kind)) as runner:
         assert runner.run(main()) == (True, True, False)
+
+
+# -- the same on Trio --------------------------------------------------------------
+
+
+async def trio_program_values(core: types.ModuleType) -> Any:
+    import trio
+
+    results: list[tuple[int, str]] = []
+
+    async def worker(i: int) -> None:
+        var.set(f"w{i}")
+        total = sum(core.await_(trio.sleep(0)) or j for j in range(i))
+        results.append((total, var.get()))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(worker, i)
+    return sorted(results)
+
+
+async def trio_program_exceptions_and_cancellation(core: types.ModuleType) -> Any:
+    import trio
+
+    async def fails() -> None:
+        await trio.sleep(0)
+        raise Failure("trio failure")
+
+    outcomes: list[Any] = []
+    try:
+        core.await_(fails())
+    except Failure as exc:
+        outcomes.append(exc)
+    with trio.move_on_after(0.001) as scope:
+        core.await_(trio.sleep(10))
+    outcomes.append(scope.cancelled_caught)
+    try:
+        core.await_(42)
+    except TypeError as exc:
+        outcomes.append(exc)
+    return outcomes
+
+
+TRIO_PROGRAMS = [trio_program_values, trio_program_exceptions_and_cancellation]
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("program", TRIO_PROGRAMS, ids=lambda p: p.__name__)
+def test_same_behaviour_on_trio(
+    cores: dict[str, types.ModuleType], program: Callable[[types.ModuleType], Any]
+) -> None:
+    import trio
+
+    seen = {}
+    for name, core in cores.items():
+
+        class CorePortals(trio.abc.Instrument):  # type: ignore[misc]
+            """Every task's portal from this core."""
+
+            def task_spawned(self, task: Any, core: types.ModuleType = core) -> None:
+                task.coro = core.Portal(task.coro)
+
+        try:
+            seen[name] = describe(trio.run(program, core, instruments=[CorePortals()]))
+        except BaseException as exc:
+            seen[name] = ("raised", describe(exc))
+    assert seen["c"] == seen["python"]
