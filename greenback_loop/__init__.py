@@ -9,8 +9,9 @@ program, in every task, with no setup per task.
 >>> greenback_loop.run(main())
 42
 
-The API is a superset of greenback 1.x: code written for greenback runs
-unchanged (``import greenback_loop as greenback``).
+The API is a superset of greenback 1.x, on asyncio and Trio: code written
+for greenback keeps working with ``import greenback_loop as greenback``
+(docs/migrating.rst lists what differs).
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ def _trio_no_portal(task: Any, nested: bool) -> RuntimeError:
         return _nested_error()
     if is_portal(task.coro):
         return RuntimeError(
-            f"greenback_loop.await_() was called in Trio task {task.name!r} in the same "
-            "step that gave it a portal (bestow_portal() on the current task): you must "
+            f"greenback_loop.await_() was called in Trio task {task.name!r} in a step "
+            "that started before it was given its portal (bestow_portal()): you must "
             "yield to the event loop (try 'await trio.sleep(0)') before using the "
             "portal, or use 'await greenback_loop.ensure_portal()', which does that."
         )

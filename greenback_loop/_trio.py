@@ -123,7 +123,8 @@ class PortalInstrument(trio.abc.Instrument):
     :func:`greenback_loop.await_` with no ``ensure_portal()``.
 
     Pass it to ``trio.run(..., instruments=[PortalInstrument()])`` (or a
-    guest run's, or anyio's Trio backend's ``backend_options``): the main
+    guest run's, or anyio's Trio backend's ``backend_options``, from anyio
+    4.14 on): the main
     task gets a portal, and so does every task spawned by a task that has
     one. Trio's system tasks (and what they spawn) are left alone unless
     *system_tasks* is true; then every task of the run has one, the root

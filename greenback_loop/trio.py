@@ -14,10 +14,13 @@ call the program makes itself, by passing a :class:`PortalInstrument`::
 
     trio.run(main, instruments=[greenback_loop.trio.PortalInstrument()])
 
-anyio programs on the Trio backend pass it through ``backend_options``::
+anyio programs on the Trio backend pass it through ``backend_options``
+(anyio 4.14 and later hand them to Trio), or start with :func:`run`, which
+works with any anyio::
 
     anyio.run(main, backend="trio",
               backend_options={"instruments": [PortalInstrument()]})
+    greenback_loop.trio.run(main)
 
 greenback's own functions (``ensure_portal``, ``bestow_portal``,
 ``with_portal_run*``, ``portals_for_*``) work on Trio without any of this,
