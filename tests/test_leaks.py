@@ -193,3 +193,59 @@ def test_leak_check_detects_a_leak() -> None:
 
     with pytest.raises(AssertionError):
         assert_no_growth(leaky)
+
+
+async def trio_scenario_body() -> None:
+    import trio
+
+    async def oops_trio() -> None:
+        await trio.sleep(0)
+        raise Oops("x")
+
+    def sync_layer() -> int:
+        total = 0
+        for _ in range(2):
+            greenback_loop.await_(trio.sleep(0))
+            total += 1
+        try:
+            greenback_loop.await_(oops_trio())
+        except Oops:
+            total += 1
+        return total
+
+    async def worker() -> None:
+        await greenback_loop.ensure_portal()  # a checkpoint only, under greenback_loop.trio.run
+        sync_layer()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(200):
+            nursery.start_soon(worker)
+
+    # cancellation while parked, a foreign yield, a portal given and taken back
+    with trio.move_on_after(0.001):
+        greenback_loop.await_(trio.sleep(10))
+    async with greenback_loop.portals_for_tree():
+        greenback_loop.await_(trio.sleep(0))
+    try:
+        greenback_loop.await_(42)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+
+
+@pytest.mark.parametrize("how", ["greenback_loop.trio.run", "ensure_portal"])
+def test_no_leak_in_trio_tasks(impl: str, how: str) -> None:
+    import trio
+
+    import greenback_loop.trio
+
+    async def with_ensure_portal() -> None:
+        await greenback_loop.ensure_portal()
+        await trio_scenario_body()
+
+    def scenario() -> None:
+        if how == "ensure_portal":
+            trio.run(with_ensure_portal)
+        else:
+            greenback_loop.trio.run(trio_scenario_body)
+
+    assert_no_growth(scenario)
