@@ -192,6 +192,11 @@ PyDoc_STRVAR(gbl_await_doc,
     "greenback_loop.await_() cannot suspend while the task's coroutine is being closed " \
     "(close(), or its finalizer): like await in a closing coroutine"
 
+#define GBL_IN_SWITCH_MESSAGE                                                               \
+    "greenback_loop.await_() cannot suspend while the greenlet is being switched into "     \
+    "(a greenlet.settrace callback runs there): the step resuming it has not handed it "    \
+    "its job yet"
+
 #define GBL_IN_GC_MESSAGE                                                                   \
     "greenback_loop.await_() cannot suspend in code the garbage collector runs (a "         \
     "finalizer, __del__ or weakref callback): it would suspend the task whose step the "   \
@@ -349,6 +354,9 @@ gbl_await_impl(PyObject *aw)
         }
         else if (gbl_suspends_collection(ts, p)) {
             refusal = GBL_IN_GC_MESSAGE;
+        }
+        else if (gbl_step_entering(ts, me) != NULL) {
+            refusal = GBL_IN_SWITCH_MESSAGE;
         }
         if (refusal != NULL) {
             /* close aw, and raise */

@@ -87,6 +87,11 @@ _CLOSING = (
     "greenback_loop.await_() cannot suspend while the task's coroutine is being closed "
     "(close(), or its finalizer): like await in a closing coroutine"
 )
+_IN_SWITCH = (
+    "greenback_loop.await_() cannot suspend while the greenlet is being switched into "
+    "(a greenlet.settrace callback runs there): the step resuming it has not handed it "
+    "its job yet"
+)
 _IN_GC = (
     "greenback_loop.await_() cannot suspend in code the garbage collector runs (a "
     "finalizer, __del__ or weakref callback): it would suspend the task whose step the "
@@ -1094,6 +1099,8 @@ def await_(aw: Awaitable[T]) -> T:
             refusal = _CLOSING
         elif st.gc_portal is p:
             refusal = _IN_GC
+        elif _step_entering(me) is not None:
+            refusal = _IN_SWITCH
         if refusal is not None:
             # close aw, and raise
             p = value = None

@@ -281,6 +281,41 @@ add(
 )
 
 add(
+    "reentry_settrace_callback_calls_await_",
+    """
+    # A greenlet.settrace callback that itself calls await_ on the switches
+    # of a step: on the one resuming a parked greenlet it runs there before
+    # the greenlet has taken its job; await_ must refuse (it used to take
+    # the job and leave the step spinning forever).
+    calls = [0]
+    refusals = []
+    def tracer(event, args):
+        calls[0] += 1
+        if calls[0] <= 4:
+            try:
+                await_(asyncio.sleep(0))
+            except RuntimeError as exc:
+                refusals.append("switched into" in str(exc) or "descend" in str(exc))
+
+    async def main():
+        greenlet.settrace(tracer)
+        try:
+            value = await_(asyncio.sleep(0, "ok"))
+            await asyncio.sleep(0)
+        finally:
+            greenlet.settrace(None)
+        out("value", value)
+        out("refused clearly", bool(refusals) and all(refusals))
+
+    run(main())
+    """,
+    """
+    value ok
+    refused clearly True
+    """,
+)
+
+add(
     "reentry_deferred_greenlet_deletion",
     """
     # Suspended greenlets of the loop thread are dropped in another thread:

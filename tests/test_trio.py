@@ -778,3 +778,31 @@ def test_portals_for_tree_exit_is_no_cancellation_point() -> None:
         return inside, after, scope.cancelled_caught
 
     assert trio.run(main) == (True, False, True)
+
+
+def test_settrace_callback_calling_await__is_refused_not_a_livelock() -> None:
+    import greenlet
+
+    calls = 0
+    refused: list[str] = []
+
+    def tracer(event: str, args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 4:
+            try:
+                greenback_loop.await_(trio.sleep(0))
+            except RuntimeError as exc:
+                refused.append(str(exc))
+
+    async def main() -> str:
+        greenlet.settrace(tracer)
+        try:
+            sync_sleep(0)
+            await trio.sleep(0)
+        finally:
+            greenlet.settrace(None)
+        return "finished"
+
+    assert greenback_loop.trio.run(main) == "finished"
+    assert any("being switched into" in r for r in refused), refused
