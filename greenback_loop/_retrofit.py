@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 import weakref
 from typing import Any
@@ -41,6 +42,23 @@ def task_has_portal(task: Any) -> bool:
     if task in portal_run_tasks:
         return True
     return type(task.get_coro()) is _impl.core.Portal and not task.done()
+
+
+def refuse_greenback_shim(task_name: str, coro: Any, what: str) -> None:
+    """Raise a RuntimeError if *coro* is the greenback package's own portal
+    (its shim, installed by greenback's ensure_portal() or bestow_portal()
+    before greenback_loop hooked greenback): a portal of ours around it
+    would have greenback's greenlets switch past our steps."""
+    impl = sys.modules.get("greenback._impl")
+    shim = getattr(impl, "greenback_shim", None)
+    if shim is None or getattr(coro, "cr_code", None) is not getattr(shim, "__code__", None):
+        return
+    raise RuntimeError(
+        f"{what}: task {task_name!r} already has a portal of the greenback package's own "
+        "(greenback.ensure_portal() or bestow_portal() gave it one), and greenback_loop "
+        "cannot put its portal around greenback's. Use greenback.await_() in this task, or "
+        "give it greenback_loop's portal first (greenback's functions then use that one)."
+    )
 
 
 def trio_task_has_portal(task: Any) -> bool:
@@ -183,6 +201,7 @@ def give_portal(task: Any, what: str) -> bool:
         )
     if task.done():
         return False
+    refuse_greenback_shim(name, coro, what)
     loop = task.get_loop()
     if loop.is_running() and loop is not asyncio._get_running_loop():
         raise RuntimeError(

@@ -33,7 +33,7 @@ import trio
 from . import _impl
 from ._errors import is_portal
 from ._greenback import ensure_hooked
-from ._retrofit import trio_task_has_portal
+from ._retrofit import refuse_greenback_shim, trio_task_has_portal
 
 checkpoint = trio.lowlevel.checkpoint
 cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
@@ -64,6 +64,7 @@ def give_portal(task: Any, what: str, *, check_run: bool = True) -> bool:
         return False
     if getattr(coro, "cr_frame", True) is None:
         return False  # it finished: it never steps again
+    refuse_greenback_shim(task.name, coro, what)
     if check_run:
         try:
             root = trio.lowlevel.current_root_task()

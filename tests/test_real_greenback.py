@@ -206,3 +206,36 @@ print(asyncio.run(main()))
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+@pytest.mark.parametrize("what", ["ensure_portal", "bestow_portal"])
+def test_our_portal_over_greenbacks_own_is_refused_clearly(library: str, what: str) -> None:
+    """A task given greenback's own portal (before greenback was hooked)
+    gets a clear RuntimeError from greenback_loop's functions, not a crash,
+    and greenback's portal keeps working."""
+    script = f"""
+import asyncio, trio, greenback, greenback_loop
+
+async def main(sleep, current):
+    await greenback.ensure_portal()  # greenback's own shim: nothing hooked yet
+    try:
+        if {what!r} == "ensure_portal":
+            await greenback_loop.ensure_portal()
+        else:
+            greenback_loop.bestow_portal(current())
+    except RuntimeError as exc:
+        print("refused:", "portal of the greenback package's own" in str(exc))
+    greenback.await_(sleep(0))
+    return "greenback's portal still works"
+
+if {library!r} == "trio":
+    print(trio.run(main, trio.sleep, trio.lowlevel.current_task))
+else:
+    print(asyncio.run(main(asyncio.sleep, asyncio.current_task)))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["refused: True", "greenback's portal still works"]
