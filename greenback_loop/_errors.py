@@ -143,7 +143,9 @@ def _trio_no_portal(task: Any, nested: bool) -> RuntimeError:
         "portal. You must create a greenback portal for this task first: 'await "
         "greenback_loop.ensure_portal()' in the task (greenback.ensure_portal() in "
         "code written for greenback), or run the program with "
-        "greenback_loop.trio.run(main), whose tasks all have one."
+        "greenback_loop.trio.run(main), whose tasks all have one (Trio's system tasks, "
+        "such as async generator finalizers and trio.from_thread calls from threads "
+        "Trio did not start, only with system_tasks=True)."
     )
 
 

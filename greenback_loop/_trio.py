@@ -24,6 +24,7 @@ Trio task is running (or for ``greenback_loop.trio``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -134,23 +135,31 @@ class PortalInstrument(trio.abc.Instrument):
 
     def __init__(self, *, system_tasks: bool = False) -> None:
         self.system_tasks = bool(system_tasks)
-        self._main_pending = False
+        # Root tasks of the runs this instrument was present from the start
+        # of, whose main task (the first task a root spawns) is to come: per
+        # run, so one instrument may serve runs in several threads at once.
+        self._roots: weakref.WeakSet[Any] = weakref.WeakSet()
         ensure_hooked()  # greenback's own functions, if installed, see these portals
 
-    def before_run(self) -> None:
-        # Only an instrument present from the start knows which task is the
-        # main one: the first that the root task spawns.
-        self._main_pending = True
-
+    @trio.lowlevel.enable_ki_protection
     def task_spawned(self, task: Any) -> None:
+        # Trio disables an instrument that raises, for the rest of the run:
+        # a task this cannot give a portal keeps none (its await_ says so).
+        try:
+            self._give(task)
+        except Exception:
+            pass
+
+    def _give(self, task: Any) -> None:
         nursery = task.parent_nursery
         if nursery is None:  # the root task
+            self._roots.add(task)
             if self.system_tasks:
                 give_portal(task, "PortalInstrument", check_run=False)
             return
         parent = nursery.parent_task
-        if parent.parent_nursery is None and self._main_pending:
-            self._main_pending = False
+        if parent in self._roots:
+            self._roots.discard(parent)  # this is the main task
             give_portal(task, "PortalInstrument", check_run=False)
         elif self.system_tasks or is_portal(parent.coro):
             give_portal(task, "PortalInstrument", check_run=False)
@@ -166,7 +175,14 @@ class _TreeInstrument(trio.abc.Instrument):
         self.depths: dict[Any, int] = {}
         self.users = 0
 
+    @trio.lowlevel.enable_ki_protection
     def task_spawned(self, task: Any) -> None:
+        try:  # never raise: Trio would disable the instrument (see above)
+            self._give(task)
+        except Exception:
+            pass
+
+    def _give(self, task: Any) -> None:
         nursery = task.parent_nursery
         if nursery is None:
             return

@@ -806,3 +806,69 @@ def test_settrace_callback_calling_await__is_refused_not_a_livelock() -> None:
 
     assert greenback_loop.trio.run(main) == "finished"
     assert any("being switched into" in r for r in refused), refused
+
+
+def test_instrument_failing_for_one_task_keeps_working_for_the_others() -> None:
+    """A task whose coroutine cannot be given a portal (another instrument
+    put a non-coroutine there) keeps none; Trio does not disable ours, so
+    every other task still gets its portal."""
+
+    class Wrapper:
+        def __init__(self, coro: Any) -> None:
+            self.coro = coro
+            self.cr_frame = coro.cr_frame
+            self.send, self.throw, self.close = coro.send, coro.throw, coro.close
+
+    class WrapOne(trio.abc.Instrument):  # type: ignore[misc]
+        def task_spawned(self, task: Any) -> None:
+            if task.name.endswith("wrapped"):
+                task.coro = Wrapper(task.coro)
+
+    async def wrapped(out: list[Any]) -> None:
+        await trio.sleep(0)
+        out.append("wrapped ran")
+
+    async def normal(out: list[Any]) -> None:
+        out.append(sync_sleep(0, "normal has a portal"))
+
+    async def main() -> list[Any]:
+        out: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wrapped, out)
+            for _ in range(2):
+                nursery.start_soon(normal, out)
+        return sorted(out)
+
+    instruments = [WrapOne(), greenback_loop.trio.PortalInstrument()]
+    assert trio.run(main, instruments=instruments) == [
+        "normal has a portal",
+        "normal has a portal",
+        "wrapped ran",
+    ]
+
+
+def test_one_instrument_shared_by_runs_in_two_threads() -> None:
+    instrument = greenback_loop.trio.PortalInstrument()
+    both_started = threading.Barrier(2, timeout=10)
+    results: dict[str, Any] = {}
+
+    class Sync(trio.abc.Instrument):  # type: ignore[misc]
+        def before_run(self) -> None:
+            both_started.wait()  # both runs start before either spawns its main task
+
+    def thread(name: str) -> None:
+        async def main() -> bool:
+            sync_sleep(0)
+            return greenback_loop.has_portal()
+
+        try:
+            results[name] = trio.run(main, instruments=[instrument, Sync()])
+        except BaseException as exc:  # pragma: no cover - reported below
+            results[name] = exc
+
+    threads = [threading.Thread(target=thread, args=(n,)) for n in "AB"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"A": True, "B": True}
