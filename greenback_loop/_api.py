@@ -14,7 +14,14 @@ from typing import Any, TypeVar, overload
 from . import _impl
 from ._greenback import ensure_hooked
 from ._loop import is_portal_loop
-from ._retrofit import give_portal, is_task, portal_run_tasks, set_task_coro, task_has_portal
+from ._retrofit import (
+    awaited_directly_by,
+    give_portal,
+    is_task,
+    portal_run_tasks,
+    set_task_coro,
+    task_has_portal,
+)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -334,13 +341,19 @@ async def _give_back(task: Any, coro: Any, portal: Any) -> None:
     """Take back the portal given by _give_for_block(): from the task's
     next step its loop resumes *coro* directly. If the coroutine's frames
     still depend on the portal's greenlets (sync code in it started a
-    greenlet that is still alive), the portal stays."""
+    greenlet that is still alive), or if the block is left from sync code
+    (an await_ of its __aexit__), the portal stays."""
     if not is_task(task):
         from . import _trio
 
         await _trio.give_back(task, coro, portal)
         return
     if task.get_coro() is not portal:
+        return
+    if not awaited_directly_by(coro):
+        # left from sync code through await_ (its greenlet holds the
+        # coroutine's frames): the portal stays
+        await asyncio.sleep(0)
         return
     # This step runs in the portal, which `portal` keeps alive until it ends.
     set_task_coro(task, portal, coro, "portals_for_tree()")

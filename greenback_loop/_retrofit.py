@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import sys
 import threading
+import types
 import weakref
 from typing import Any
 
@@ -42,6 +44,30 @@ def task_has_portal(task: Any) -> bool:
     if task in portal_run_tasks:
         return True
     return type(task.get_coro()) is _impl.core.Portal and not task.done()
+
+
+_ASYNC_CODE = (
+    inspect.CO_COROUTINE
+    | inspect.CO_ITERABLE_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_GENERATOR
+)
+
+
+def awaited_directly_by(coro: Any) -> bool:
+    """Whether the caller runs in *coro*'s own await chain: every frame
+    between the caller and *coro*'s frame is a coroutine's (or generator's),
+    none a plain function's. False when the caller runs under sync code
+    that awaits it (await_), or in another greenlet."""
+    target = getattr(coro, "cr_frame", None)
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame is target:
+            return True
+        if not frame.f_code.co_flags & _ASYNC_CODE:
+            return False
+        frame = frame.f_back
+    return False
 
 
 def refuse_greenback_shim(task_name: str, coro: Any, what: str) -> None:

@@ -34,7 +34,7 @@ import trio
 from . import _impl
 from ._errors import is_portal
 from ._greenback import ensure_hooked
-from ._retrofit import refuse_greenback_shim, trio_task_has_portal
+from ._retrofit import awaited_directly_by, refuse_greenback_shim, trio_task_has_portal
 
 checkpoint = trio.lowlevel.checkpoint
 cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
@@ -105,7 +105,9 @@ async def give_back(task: Any, coro: Any, portal: Any) -> None:
     schedule point, not a cancellation point. If the coroutine's frames
     still depend on the portal's greenlets (sync code it runs started a
     greenlet that is still alive), the portal stays."""
-    if task.coro is not portal:
+    if task.coro is not portal or not awaited_directly_by(coro):
+        # gone already, or left from sync code through await_ (its greenlet
+        # holds the coroutine's frames): the portal stays
         await cancel_shielded_checkpoint()
         return
     task.coro = coro

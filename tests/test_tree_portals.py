@@ -297,3 +297,23 @@ def test_portals_for_tree_keeps_a_portal_a_live_greenlet_needs(run_plain: Any, i
         return kept, after, child.switch(21)
 
     assert run_plain(main()) == (True, 4, 42)
+
+
+def test_portals_for_tree_left_from_sync_code_keeps_the_portal(run_plain: Any, impl: str) -> None:
+    if impl == "python":
+        pytest.skip("the pure-Python core cannot give a C Task a portal (tested above)")
+    import contextlib
+
+    async def main() -> tuple[str, bool, int]:
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(greenback_loop.portals_for_tree())
+
+        def sync_teardown() -> str:
+            greenback_loop.await_(stack.aclose())
+            return "closed"
+
+        closed = sync_teardown()
+        await asyncio.sleep(0.001)
+        return closed, greenback_loop.has_portal(), sync_fetch(5)
+
+    assert run_plain(main()) == ("closed", True, 5)

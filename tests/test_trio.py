@@ -872,3 +872,24 @@ def test_one_instrument_shared_by_runs_in_two_threads() -> None:
     for t in threads:
         t.join()
     assert results == {"A": True, "B": True}
+
+
+def test_portals_for_tree_left_from_sync_code_keeps_the_portal() -> None:
+    """The block's exit awaited from sync code (await_ of an exit stack's
+    aclose()): the portal cannot be taken back there, and stays; the task
+    goes on as with plain await."""
+    import contextlib
+
+    async def main() -> tuple[str, bool, int]:
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(greenback_loop.portals_for_tree())
+
+        def sync_teardown() -> str:
+            greenback_loop.await_(stack.aclose())
+            return "closed"
+
+        closed = sync_teardown()
+        await trio.sleep(0.001)
+        return closed, greenback_loop.has_portal(), sync_sleep(0, 5)
+
+    assert trio.run(main) == ("closed", True, 5)
