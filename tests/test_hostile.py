@@ -110,6 +110,9 @@ class Scenario:
     stderr_ok: tuple[str, ...] = ()
     #: {(core, loop): reason}, "*" matching any core or loop.
     xfail: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    #: Whether an xfail that passes fails the test (False: the outcome
+    #: depends on collection timing, and either is possible).
+    xfail_strict: bool = True
     timeout: float = 40
     returncode: int = 0
     #: Skip under AddressSanitizer (test_sanitizers reruns the suite so).
@@ -1491,11 +1494,12 @@ add(
         "(its finally blocks do not run); C core on uvloop excepted. On 3.15 greenlet no "
         "longer marks suspended greenlets uncollectable (no tp_is_gc), so the collector "
         "clears the cycle through the parked frames before greenlet's deferred kill can "
-        "unwind them (docs/limits.rst)"
+        "unwind them (docs/limits.rst); which happens first depends on collection timing"
         for key in (("c", "asyncio"), ("python", "asyncio"), ("python", "uvloop"))
     }
     if sys.version_info >= (3, 15)
     else {},
+    xfail_strict=False,
 )
 
 # 9. Memory exhaustion ---------------------------------------------------------------
@@ -2002,7 +2006,7 @@ def test_hostile(
         pytest.skip(sc.not_under_asan)
     reason = sc.xfail_reason(impl, loop_kind)
     if reason is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+        request.applymarker(pytest.mark.xfail(strict=sc.xfail_strict, reason=reason))
     proc = results.get(name, impl, loop_kind, False)
     info = describe(proc)
     assert proc.returncode == sc.returncode, info
