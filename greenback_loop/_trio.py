@@ -24,6 +24,7 @@ Trio task is running (or for ``greenback_loop.trio``).
 
 from __future__ import annotations
 
+import types
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ from ._retrofit import awaited_directly_by, refuse_greenback_shim, trio_task_has
 checkpoint = trio.lowlevel.checkpoint
 cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 Task = trio.lowlevel.Task
+_Portal = _impl.core.Portal
+_CoroutineType = types.CoroutineType
 
 
 task_has_portal = trio_task_has_portal
@@ -160,7 +163,16 @@ class PortalInstrument(trio.abc.Instrument):
                 give_portal(task, "PortalInstrument", check_run=False)
             return
         parent = nursery.parent_task
-        if parent in self._roots:
+        if type(parent.coro) is _Portal:
+            # The common case, kept short (it runs for every task spawned):
+            # a task just spawned has Trio's own coroutine, and no step
+            # scheduled yet to rebind.
+            coro = task.coro
+            if type(coro) is _CoroutineType:
+                task.coro = _Portal(coro)
+            else:
+                give_portal(task, "PortalInstrument", check_run=False)
+        elif parent in self._roots:
             self._roots.discard(parent)  # this is the main task
             give_portal(task, "PortalInstrument", check_run=False)
         elif self.system_tasks or is_portal(parent.coro):
