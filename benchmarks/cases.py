@@ -1,15 +1,17 @@
 """The benchmark cases and their bodies.
 
-Every body runs inside a fresh event loop, times only its hot part with
-``time.perf_counter`` and checks its result, then returns a
-:class:`Sample`. The TCP case lives in :mod:`benchmarks.tcp`, the memory
-case (one subprocess per sample) in :mod:`benchmarks.memory`.
+Every body runs inside a fresh event loop (on Trio: a fresh ``trio.run``),
+times only its hot part with ``time.perf_counter`` and checks its result,
+then returns a :class:`Sample`. A case measured on Trio has a second body
+written with Trio's primitives (``trio_body``). The TCP case lives in
+:mod:`benchmarks.tcp`, the memory case (one subprocess per sample) in
+:mod:`benchmarks.memory`. Trio is imported only by the Trio bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -62,10 +64,24 @@ class Case:
     #: (case id, kind) whose median is the ratio's denominator; None: the
     #: plain row of this case.
     baseline: tuple[str, str] | None = None
+    #: The same case written for Trio (None: not measured on Trio).
+    trio_body: Body | None = None
+    #: The title on Trio, where it differs.
+    trio_title: str | None = None
 
     @property
     def letter(self) -> str:
         return self.id.split(".")[0]
+
+    def body_for(self, loop: str) -> Body | None:
+        return self.trio_body if loop == "trio" else self.body
+
+    def title_for(self, loop: str) -> str:
+        return (self.trio_title or self.title) if loop == "trio" else self.title
+
+    def runs_on(self, loop: str) -> bool:
+        """Whether the case is measured on *loop* (memory: not on Trio)."""
+        return loop != "trio" or self.trio_body is not None
 
 
 # -- a, b, c: steps and await_ of a suspending awaitable ---------------------
@@ -272,6 +288,149 @@ async def case_deep_n(c: Contender, variant: str | None, p: Params) -> Sample:
     return await case_deep(c, variant, p, p.depth)
 
 
+# -- the same cases on Trio ----------------------------------------------------
+#
+# A step is ``await trio.sleep(0)`` (a checkpoint: a real trip through Trio's
+# scheduler), which returns None: the check counts the Nones that came back.
+
+
+async def trio_async_steps(n: int) -> float:
+    """``await trio.sleep(0)`` n times; returns the elapsed seconds."""
+    import trio
+
+    sleep: Callable[[float], Awaitable[Any]] = trio.sleep
+    total = 0
+    t0 = perf_counter()
+    for _ in range(n):
+        if await sleep(0) is None:
+            total += 1
+    elapsed = perf_counter() - t0
+    check(total == n, f"{total} of {n} trio.sleep(0) returned None")
+    return elapsed
+
+
+def trio_sync_steps(n: int, await_: Callable[[Any], Any]) -> float:
+    """``await_(trio.sleep(0))`` n times from sync code."""
+    import trio
+
+    sleep: Callable[[float], Awaitable[Any]] = trio.sleep
+    total = 0
+    t0 = perf_counter()
+    for _ in range(n):
+        if await_(sleep(0)) is None:
+            total += 1
+    elapsed = perf_counter() - t0
+    check(total == n, f"{total} of {n} await_(trio.sleep(0)) returned None")
+    return elapsed
+
+
+async def trio_case_step(c: Contender, variant: str | None, p: Params) -> Sample:
+    await c.get_portal(variant)  # not timed
+    return per_op(await trio_async_steps(p.n), p.n)
+
+
+async def trio_case_await_sleep(c: Contender, variant: str | None, p: Params) -> Sample:
+    if c.kind == "plain":
+        return per_op(await trio_async_steps(p.n), p.n)
+    return per_op(await c.run_sync(trio_sync_steps, p.n, variant=variant), p.n)
+
+
+class Done:
+    """An awaitable that is already done (Trio has no Future): awaiting it
+    returns its value without suspending, as a done asyncio Future does."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, Any, int]:
+        return self.value
+        yield  # a generator that stops at once
+
+
+async def async_dones(n: int) -> float:
+    done = Done(1)
+    total = 0
+    t0 = perf_counter()
+    for _ in range(n):
+        total += await done
+    elapsed = perf_counter() - t0
+    check(total == n, f"sum of await Done(1) {total} != {n}")
+    return elapsed
+
+
+def sync_dones(n: int, await_: Callable[[Any], Any]) -> float:
+    done = Done(1)
+    total = 0
+    t0 = perf_counter()
+    for _ in range(n):
+        total += await_(done)
+    elapsed = perf_counter() - t0
+    check(total == n, f"sum of await_(Done(1)) {total} != {n}")
+    return elapsed
+
+
+async def trio_case_await_done(c: Contender, variant: str | None, p: Params) -> Sample:
+    if c.kind == "plain":
+        return per_op(await async_dones(p.n), p.n)
+    return per_op(await c.run_sync(sync_dones, p.n), p.n)
+
+
+async def count(acc: list[None]) -> None:
+    acc.append(None)
+
+
+async def trio_case_spawn(c: Contender, variant: str | None, p: Params) -> Sample:
+    """Start m trivial tasks into a nursery and wait for them all (Trio has
+    no gather: the nursery's exit is the wait)."""
+    import trio
+
+    m = p.spawn_tasks
+    args: tuple[Any, ...]
+    probe_args: tuple[Any, ...]
+    gb = c.greenback
+
+    async def probe(found: list[bool]) -> None:
+        found.append(bool(gb.has_portal()))
+
+    if c.kind == "greenback" and variant == "with_portal_run":
+        args = (gb.with_portal_run, count)
+        probe_args = (gb.with_portal_run, probe)
+    elif c.kind == "greenback" or variant == RETROFIT:
+
+        async def make(acc: list[None]) -> None:
+            await gb.ensure_portal()
+            acc.append(None)
+
+        async def probe_ensured(found: list[bool]) -> None:
+            await gb.ensure_portal()
+            await probe(found)
+
+        args = (make,)
+        probe_args = (probe_ensured,)
+    else:
+        args = (count,)
+        probe_args = (probe,)
+
+    acc: list[None] = []
+    open_nursery = trio.open_nursery
+    t0 = perf_counter()
+    async with open_nursery() as nursery:
+        start_soon: Callable[..., None] = nursery.start_soon
+        for _ in range(m):
+            start_soon(*args, acc)
+    elapsed = perf_counter() - t0
+    check(len(acc) == m, f"{len(acc)} of {m} tasks ran")
+    if c.kind != "plain":  # a task made the same way can reach its portal
+        found: list[bool] = []
+        async with open_nursery() as nursery:
+            start_probe: Callable[..., None] = nursery.start_soon
+            start_probe(*probe_args, found)
+        check(found == [True], f"{c.name}: spawned task has no portal")
+    return per_op(elapsed, m)
+
+
 # -- the registry ----------------------------------------------------------------
 
 GBL: Row = ("greenback_loop", None)
@@ -282,7 +441,15 @@ def all_cases(depth: int = 50) -> list[Case]:
     from benchmarks import tcp
 
     return [
-        Case("a", "step: await sleep(0)", "ns/op", (("plain", None),), case_step),
+        Case(
+            "a",
+            "step: await sleep(0)",
+            "ns/op",
+            (("plain", None),),
+            case_step,
+            trio_body=trio_case_step,
+            trio_title="step: await trio.sleep(0)",
+        ),
         Case(
             "b",
             "portal step: await sleep(0) in a task with a portal",
@@ -290,6 +457,8 @@ def all_cases(depth: int = 50) -> list[Case]:
             (("greenback", None), GBL, ("greenback_loop", RETROFIT)),
             case_step,
             baseline=("a", "plain"),
+            trio_body=trio_case_step,
+            trio_title="portal step: await trio.sleep(0) in a task with a portal",
         ),
         Case(
             "c",
@@ -297,9 +466,26 @@ def all_cases(depth: int = 50) -> list[Case]:
             "ns/op",
             (*BRIDGES, ("greenback_loop", RETROFIT), ("greenback", ON_GBL)),
             case_await_sleep,
+            trio_body=trio_case_await_sleep,
+            trio_title="await_(trio.sleep(0)) from sync code",
         ),
-        Case("d.coro", "await_ non-suspending: coroutine", "ns/op", BRIDGES, case_await_coro),
-        Case("d.future", "await_ non-suspending: done Future", "ns/op", BRIDGES, case_await_future),
+        Case(
+            "d.coro",
+            "await_ non-suspending: coroutine",
+            "ns/op",
+            BRIDGES,
+            case_await_coro,
+            trio_body=case_await_coro,
+        ),
+        Case(
+            "d.future",
+            "await_ non-suspending: done Future",
+            "ns/op",
+            BRIDGES,
+            case_await_future,
+            trio_body=trio_case_await_done,
+            trio_title="await_ non-suspending: done awaitable (Trio has no Future)",
+        ),
         Case(
             "e",
             "spawn: create + gather trivial tasks",
@@ -313,6 +499,8 @@ def all_cases(depth: int = 50) -> list[Case]:
                 ("greenback", ON_GBL),
             ),
             case_spawn,
+            trio_body=trio_case_spawn,
+            trio_title="spawn: start_soon trivial tasks into a nursery, wait at its exit",
         ),
         Case(
             "f.idle",
@@ -329,7 +517,14 @@ def all_cases(depth: int = 50) -> list[Case]:
             None,
             baseline=("f.idle", "plain"),
         ),
-        Case("g", "tcp: sync handler layer, request/reply", "ns/req", BRIDGES, tcp.case_tcp),
+        Case(
+            "g",
+            "tcp: sync handler layer, request/reply",
+            "ns/req",
+            BRIDGES,
+            tcp.case_tcp,
+            trio_body=tcp.trio_case_tcp,
+        ),
         Case("h.0", "deep stack: await_(sleep(0)) 0 frames deep", "ns/op", BRIDGES, case_deep0),
         Case(
             "h.deep",

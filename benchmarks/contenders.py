@@ -1,8 +1,9 @@
 """The contenders (how sync code reaches the loop) and the loops they run on.
 
-A contender knows three things: which event loop to build for a loop kind,
-whether it can be measured in this process, and how to run a synchronous
-function that awaits through its bridge (:meth:`Contender.run_sync`).
+A contender knows three things: which event loop to build for a loop kind
+(or, on Trio, which ``run`` function starts the program), whether it can be
+measured in this process, and how to run a synchronous function that awaits
+through its bridge (:meth:`Contender.run_sync`).
 
 greenback_loop picks its core once, at import (``GREENBACK_LOOP_NO_EXTENSIONS``),
 so a ``greenback_loop[<core>]`` contender whose core is not this process's
@@ -16,11 +17,12 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-LOOPS = ("asyncio", "uvloop")
+LOOPS = ("asyncio", "uvloop", "trio")
 
 #: A synchronous benchmark body: its last argument is the ``await_`` function.
 SyncFn = Callable[..., Any]
@@ -33,6 +35,11 @@ def loop_note(loop: str) -> str | None:
             importlib.import_module("uvloop")
         except ImportError as exc:
             return f"uvloop is not installed ({exc})"
+    if loop == "trio":
+        try:
+            importlib.import_module("trio")
+        except ImportError as exc:
+            return f"trio is not installed ({exc})"
     return None
 
 
@@ -83,13 +90,14 @@ def _sqlalchemy_bridge() -> tuple[Any, Any]:
     raise ImportError("SQLAlchemy has no greenlet_spawn/await_only (is it 2.x, with greenlet?)")
 
 
-#: Row variant: greenback_loop on a plain asyncio/uvloop loop, each task
-#: given its portal by ``await greenback_loop.ensure_portal()`` (a retrofit;
-#: the C core only, the twin cannot retrofit a C Task).
+#: Row variant: greenback_loop on a plain asyncio/uvloop loop (or under a
+#: plain ``trio.run``), each task given its portal by
+#: ``await greenback_loop.ensure_portal()`` (a retrofit; on asyncio and uvloop
+#: the C core only, the twin cannot retrofit a C Task; on Trio both cores).
 RETROFIT = "retrofit"
 #: Row variant: the greenback package's own functions, called in the tasks of
-#: a greenback_loop loop (through the hook that makes greenback see our
-#: portals).
+#: a greenback_loop loop (or of ``greenback_loop.trio.run``), through the
+#: hook that makes greenback see our portals.
 ON_GBL = "on greenback_loop"
 
 
@@ -145,10 +153,12 @@ class Contender:
             return core_env(self.impl)
         return dict(os.environ)
 
-    def supports(self, variant: str | None) -> bool:
-        """Whether this contender can measure rows of *variant*."""
+    def supports(self, variant: str | None, loop: str | None = None) -> bool:
+        """Whether this contender can measure rows of *variant* (on *loop*)."""
+        if loop == "trio" and self.kind == "sqlalchemy":
+            return False  # SQLAlchemy's asyncio extension is asyncio-only
         if variant == RETROFIT:
-            return self.kind == "greenback_loop" and self.impl == "c"
+            return self.kind == "greenback_loop" and (self.impl == "c" or loop == "trio")
         if variant == ON_GBL:
             return self.kind == "greenback"
         return True
@@ -165,6 +175,39 @@ class Contender:
             gbl = self._mod
             return lambda: gbl.new_event_loop(uvloop=use_uvloop)
         return plain_loop_factory(loop)
+
+    def run_trio(self, fn: Callable[..., Any], *args: Any, variant: str | None = None) -> Any:
+        """``trio.run(fn, *args)``, or ``greenback_loop.trio.run`` (every
+        task of the run has a portal) for greenback_loop and the
+        ``on greenback_loop`` rows."""
+        if variant == ON_GBL or (self.kind == "greenback_loop" and variant != RETROFIT):
+            gbl_trio = importlib.import_module("greenback_loop.trio")
+            return gbl_trio.run(fn, *args)
+        import trio
+
+        return trio.run(fn, *args)
+
+    @contextmanager
+    def unhooked(self, variant: str | None) -> Iterator[None]:
+        """For a greenback row (not ``on greenback_loop``): greenback's own
+        ``task_portals`` mapping put back while the row runs.
+
+        greenback_loop hooks greenback once per process, the first time one of
+        its loops or Trio instruments is made, which in a harness run is
+        before most greenback rows; the hooked mapping costs every
+        ``greenback.await_`` about 80 ns (a Python ``get``), which a program
+        that uses greenback alone never pays."""
+        impl: Any = getattr(self._mod, "_impl", None) if self.kind == "greenback" else None
+        hooked = getattr(impl, "task_portals", None)
+        own = getattr(hooked, "own", None)
+        if variant == ON_GBL or own is None:
+            yield
+            return
+        impl.task_portals = own
+        try:
+            yield
+        finally:
+            impl.task_portals = hooked
 
     async def get_portal(self, variant: str | None) -> None:
         """Give the current task its portal, as the contender's users do

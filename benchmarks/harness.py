@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -14,7 +15,14 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.cases import Case, Params, Sample, all_cases
-from benchmarks.contenders import LOOPS, BenchmarkError, Contender, all_contenders, loop_note
+from benchmarks.contenders import (
+    LOOPS,
+    ON_GBL,
+    BenchmarkError,
+    Contender,
+    all_contenders,
+    loop_note,
+)
 from benchmarks.memory import sample_memory
 from benchmarks.worker import run_in_loop, sample_in_subprocess
 
@@ -27,7 +35,7 @@ Row = tuple[str, Contender, "str | None"]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Measure the cost of greenback_loop's portals against plain asyncio/uvloop, "
+        description="Measure the cost of greenback_loop's portals against plain asyncio/uvloop/Trio, "
         "greenback 1.x and SQLAlchemy's greenlet bridge.",
     )
     ap.add_argument(
@@ -50,7 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="comma-separated case letters or ids (a,b,c,d,e,f,g,h or d.coro, h.deep, ...)",
     )
-    ap.add_argument("--loops", default=None, help="comma-separated: asyncio,uvloop (default both)")
+    ap.add_argument(
+        "--loops", default=None, help="comma-separated: asyncio,uvloop,trio (default all three)"
+    )
     ap.add_argument(
         "--contenders",
         default=None,
@@ -131,11 +141,13 @@ def select_contenders(
     return usable
 
 
-def rows_for(case: Case, contenders: list[Contender]) -> list[Row]:
+def rows_for(case: Case, contenders: list[Contender], loop: str) -> list[Row]:
     rows: list[Row] = []
+    if not case.runs_on(loop):
+        return rows
     for kind, variant in case.rows:
         for c in contenders:
-            if c.kind == kind and c.supports(variant):
+            if c.kind == kind and c.supports(variant, loop):
                 label = c.name if variant is None or case.letter == "f" else f"{c.name} ({variant})"
                 rows.append((label, c, variant))
     return rows
@@ -181,7 +193,7 @@ def measure_case(
         records.append(
             {
                 "case": case.id,
-                "title": case.title,
+                "title": case.title_for(loop),
                 "loop": loop,
                 "contender": c.name,
                 "variant": variant,
@@ -195,13 +207,24 @@ def measure_case(
 
 
 def add_ratios(records: list[dict[str, Any]], cases: list[Case]) -> None:
+    """``ratio``: median / the baseline's median (plain, same loop and case,
+    unless the case names another); ``vs_greenback``: median / the lowest
+    median of greenback's own rows (not ``on greenback_loop``) of the same
+    case and loop, None where greenback has no row."""
     by_key = {(r["case"], r["loop"], r["contender"], r["variant"]): r for r in records}
     baseline_of = {c.id: (c.baseline or (c.id, "plain")) for c in cases}
+    best_greenback: dict[tuple[str, str], float] = {}
+    for r in records:
+        if r["contender"] == "greenback" and r["variant"] != ON_GBL:
+            key = (r["case"], r["loop"])
+            best_greenback[key] = min(best_greenback.get(key, math.inf), r["median"])
     for r in records:
         base_case, base_kind = baseline_of[r["case"]]
         base = by_key.get((base_case, r["loop"], base_kind, None))
         r["baseline"] = f"{base_case}/{base_kind}"
         r["ratio"] = r["median"] / base["median"] if base else None
+        gb = best_greenback.get((r["case"], r["loop"]))
+        r["vs_greenback"] = r["median"] / gb if gb else None
 
 
 def render(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
@@ -209,7 +232,8 @@ def render(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[st
     print(report.terminal_tables(records, loops))
     print(
         "ratio = median / median of plain on the same loop and case "
-        f"(b: vs a/plain; f.await_: vs f.idle/plain); total {meta['duration_s']} s"
+        "(b: vs a/plain; f.await_: vs f.idle/plain); vs gb = median / the lowest median "
+        f"of greenback's own rows of the case and loop; total {meta['duration_s']} s"
     )
     if args.rst:
         report.write_rst(args.rst, meta, records, loops)
@@ -272,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             reps = args.memory_repeats if case.body is None else args.repeats
             for loop in loops:
-                rows = rows_for(case, contenders)
+                rows = rows_for(case, contenders, loop)
                 if not rows:
                     continue
                 t0 = time.perf_counter()

@@ -26,11 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_in_loop(case: Case, c: Contender, variant: str | None, loop: str, params: Params) -> Sample:
-    """One sample of *case*, on a fresh loop in this process."""
-    assert case.body is not None
-    gc.collect()
-    with asyncio.Runner(loop_factory=c.loop_factory(loop, variant)) as runner:
-        return runner.run(case.body(c, variant, params))  # type: ignore[arg-type]
+    """One sample of *case*, on a fresh loop (a fresh ``trio.run``) in this
+    process."""
+    body = case.body_for(loop)
+    assert body is not None
+    with c.unhooked(variant):
+        gc.collect()
+        if loop == "trio":
+            sample = c.run_trio(body, c, variant, params, variant=variant)
+            assert isinstance(sample, Sample)
+            return sample
+        with asyncio.Runner(loop_factory=c.loop_factory(loop, variant)) as runner:
+            return runner.run(body(c, variant, params))  # type: ignore[arg-type]
 
 
 def sample_in_subprocess(
@@ -76,8 +83,8 @@ def worker(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = Params(**json.loads(args.params))
     case = next((x for x in all_cases(params.depth) if x.id == args.case), None)
-    if case is None or case.body is None:
-        raise SystemExit(f"no loop case {args.case!r}")
+    if case is None or case.body_for(args.loop) is None:
+        raise SystemExit(f"no loop case {args.case!r} on {args.loop}")
     c = contender_from_name(args.contender)
     if c.skip:
         raise SystemExit(c.skip)

@@ -15,7 +15,7 @@ from greenback_loop import _impl
 
 ROOT = Path(__file__).resolve().parent.parent
 
-LOOPS = ("asyncio", "uvloop")
+LOOPS = ("asyncio", "uvloop", "trio")
 
 #: Both cores on CPython, where the C core is built (and this process or the
 #: harness's workers select each in turn); the twin alone elsewhere.
@@ -26,12 +26,27 @@ CORES = (
 )
 
 
-def expected_rows() -> dict[str, set[str]]:
-    """Case id -> the row labels it must report on each loop."""
+def expected_rows(loop: str) -> dict[str, set[str]]:
+    """Case id -> the row labels it must report on *loop*."""
     gbl = {f"greenback_loop[{name}]" for name in CORES}
+    hooked = {"greenback (on greenback_loop)"}
+    if loop == "trio":  # no SQLAlchemy, no memory or deep-stack cases; both cores retrofit
+        bridges = {"plain", "greenback"} | gbl
+        retrofit = {f"greenback_loop[{name}] (retrofit)" for name in CORES}
+        return {
+            "a": {"plain"},
+            "b": {"greenback"} | gbl | retrofit,
+            "c": bridges | retrofit | hooked,
+            "d.coro": bridges,
+            "d.future": bridges,
+            "e": {"plain", "greenback (with_portal_run)", "greenback (ensure_portal)"}
+            | gbl
+            | retrofit
+            | hooked,
+            "g": bridges,
+        }
     bridges = {"plain", "greenback", "sqlalchemy"} | gbl
     retrofit = {"greenback_loop[c] (retrofit)"} if "c" in CORES else set()
-    hooked = {"greenback (on greenback_loop)"}
     return {
         "a": {"plain"},
         "b": {"greenback"} | gbl | retrofit,
@@ -67,6 +82,8 @@ def test_benchmarks_quick_run(tmp_path: Path) -> None:
     assert data["metadata"]["greenback_loop_cores"] == CORES
     assert data["metadata"]["greenback_loop_process_core"] == _impl.implementation
 
+    assert data["metadata"]["loops"] == list(LOOPS)
+
     got: dict[tuple[str, str], set[str]] = {}
     for rec in data["results"]:
         got.setdefault((rec["case"], rec["loop"]), set()).add(rec["label"])
@@ -78,5 +95,31 @@ def test_benchmarks_quick_run(tmp_path: Path) -> None:
             )
         assert rec["samples"] and all(math.isfinite(v) and v > 0 for v in rec["samples"]), rec
         assert rec["ratio"] is not None and math.isfinite(rec["ratio"]) and rec["ratio"] > 0, rec
-    want = {(case, loop): labels for case, labels in expected_rows().items() for loop in LOOPS}
+    want = {(case, loop): labels for loop in LOOPS for case, labels in expected_rows(loop).items()}
     assert got == want
+    for rec in data["results"]:  # vs greenback: wherever greenback has a row of its own
+        vs_gb = rec["vs_greenback"]
+        if "greenback" in got[rec["case"], rec["loop"]] or rec["case"] == "e":
+            assert vs_gb is not None and math.isfinite(vs_gb) and vs_gb > 0, rec
+        else:
+            assert vs_gb is None, rec
+
+    # re-render the saved results: the tables and the dependency-free SVG plot
+    rst, svg = tmp_path / "table.rst", tmp_path / "plot.svg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--from-json", str(out)]
+        + ["--rst", str(rst), "--plot", str(svg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = rst.read_text()
+    for loop in LOOPS:
+        assert f".. list-table:: {loop} (plain: " in text
+    assert "vs greenback" in text
+    plot = svg.read_text()
+    assert plot.startswith("<svg ") and plot.rstrip().endswith("</svg>")
+    for loop in LOOPS:
+        assert f"{loop}: cost relative to plain {loop}" in plot
