@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar, overload
 
 from . import _impl
+from ._errors import trio_task
 from ._greenback import ensure_hooked
 from ._loop import is_portal_loop
 from ._retrofit import (
@@ -28,18 +29,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 
 
-def _trio_task() -> Any:
-    """The Trio task running in this thread, or None (also when Trio was
-    never imported)."""
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return None
-    try:
-        return trio.lowlevel.current_task()
-    except RuntimeError:
-        return None
-
-
 def _is_trio_task(obj: object) -> bool:
     trio = sys.modules.get("trio")
     return trio is not None and isinstance(obj, trio.lowlevel.Task)
@@ -53,7 +42,7 @@ def _current_task(what: str) -> Any:
         task = asyncio.current_task(loop)
         if task is not None:
             return task
-    task = _trio_task()
+    task = trio_task()
     if task is not None:
         return task
     why = "no event loop is running in this thread" if loop is None else "no task is running"
@@ -128,7 +117,7 @@ def has_portal(task: Any = None) -> bool:
     if _is_trio_task(task):
         from . import _trio
 
-        if task is _trio_task():
+        if task is trio_task():
             return bool(_impl.core.in_portal())
         return _trio.task_has_portal(task)
     raise TypeError(
@@ -233,11 +222,11 @@ def _tree_portals(what: str) -> Iterator[None]:
     ensure_hooked()  # greenback's own functions, if installed, see the tree's portals
     loop = asyncio._get_running_loop()
     if loop is None or asyncio.current_task(loop) is None:
-        trio_task = _trio_task()
-        if trio_task is not None:
+        current = trio_task()
+        if current is not None:
             from . import _trio
 
-            with _trio.tree_portals(trio_task):
+            with _trio.tree_portals(current):
                 yield
             return
     if loop is None:
@@ -312,13 +301,19 @@ async def portals_for_tree() -> AsyncIterator[None]:
             if is_task(task):
                 await asyncio.sleep(0)
             else:
-                await sys.modules["trio"].lowlevel.cancel_shielded_checkpoint()
+                await _trio_shielded_checkpoint()
             yield
         finally:
             if given is not None:
                 await _give_back(task, *given)
             elif not is_task(task):
-                await sys.modules["trio"].lowlevel.cancel_shielded_checkpoint()
+                await _trio_shielded_checkpoint()
+
+
+async def _trio_shielded_checkpoint() -> None:
+    from . import _trio
+
+    await _trio.cancel_shielded_checkpoint()
 
 
 def _give_for_block(task: Any) -> tuple[Any, Any] | None:

@@ -52,9 +52,9 @@ def no_portal_error(nested: bool) -> RuntimeError:
     loop = asyncio._get_running_loop()
     task = asyncio.current_task(loop) if loop is not None else None
     if task is None:
-        trio_task = _trio_task()
-        if trio_task is not None:
-            return _trio_no_portal(trio_task, nested)
+        current = trio_task()
+        if current is not None:
+            return _trio_no_portal(current, nested)
     if loop is None:
         # as greenback's, an AsyncLibraryNotFoundError when sniffio is in use
         sniffio = sys.modules.get("sniffio")
@@ -118,7 +118,9 @@ def _nested_error() -> RuntimeError:
     )
 
 
-def _trio_task() -> Any:
+def trio_task() -> Any:
+    """The Trio task running in this thread, or None (also when Trio was
+    never imported: this imports nothing)."""
     trio = sys.modules.get("trio")
     if trio is None:
         return None

@@ -37,7 +37,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from . import _impl
-from ._errors import is_portal
+from ._errors import is_portal, trio_task
 from ._retrofit import is_task, task_has_portal, trio_task_has_portal
 
 #: greenback versions whose internals this module was written for.
@@ -83,10 +83,7 @@ def _trio_current(task: Any) -> tuple[Any, bool] | None:
     trio = sys.modules.get("trio")
     if trio is None or not isinstance(task, trio.lowlevel.Task):
         return None
-    try:
-        current = trio.lowlevel.current_task()
-    except RuntimeError:
-        current = None
+    current = trio_task()
     return current, current is task
 
 

@@ -39,7 +39,6 @@ from ._retrofit import awaited_directly_by, refuse_greenback_shim, trio_task_has
 
 checkpoint = trio.lowlevel.checkpoint
 cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
-Task = trio.lowlevel.Task
 _Portal = _impl.core.Portal
 _CoroutineType = types.CoroutineType
 
