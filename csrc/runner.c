@@ -576,27 +576,40 @@ runner_prime(void)
     return 0;
 }
 
-/* The body of every runner greenlet: run one job per switch, forever. */
-static PyObject *
-runner_run(PyObject *Py_UNUSED(module), PyObject *box)
-{
-    PyThreadState *tstate = PyThreadState_Get();
-    gbl_reset_recursion_depth(tstate);
-    PyGreenlet *me = PyGreenlet_GetCurrent();
-    if (me == NULL) {
-        return NULL;
-    }
-    Py_DECREF(me); /* a tag: this greenlet is alive while it runs */
+/* A runner's own state, on the heap for the runner's whole life (see
+ * runner_run). */
+typedef struct {
+    PyGreenlet *me;         /* borrowed: a tag, alive while it runs */
+    PyThreadState *tstate;  /* the runner's thread */
+    PyObject *first;        /* what the first switch into it brought */
+    int primed;             /* whether runner_prime() succeeded */
+} RunnerSelf;
 
-    PyObject *ret = NULL; /* what the last switch into this runner brought */
-    int primed = 0;       /* whether runner_prime() succeeded */
-    if (PyList_Check(box) && PyList_GET_SIZE(box) == 1) {
-        ret = Py_NewRef(PyList_GET_ITEM(box, 0));
-        if (PyList_SetSlice(box, 0, 1, NULL) < 0) {
-            Py_DECREF(ret);
-            return NULL;
-        }
-    }
+/* What a runner does next: switch to `to` with `args` (both borrowed: the
+ * stepper is waiting in its step, and the portal's msg_args own the
+ * tuple), or, when `to` is NULL, end with `args` as its result (NULL with
+ * an exception set). Small enough to come back in two registers. */
+typedef struct {
+    PyGreenlet *to;
+    PyObject *args;
+} RunnerNext;
+
+/* The end of runner rs, with result (NULL with an exception set). */
+static RunnerNext
+runner_end(RunnerSelf *rs, PyObject *result)
+{
+    PyMem_Free(rs);
+    return (RunnerNext){NULL, result};
+}
+
+/* One turn of runner rs: take ret, what the last switch into it brought
+ * (owned; NULL if that switch raised), run the job it carries, if any, and
+ * say where to switch next (at the end, rs is freed). Out of line so that
+ * runner_run's frame stays a few bytes (see there). */
+static Py_NO_INLINE RunnerNext
+runner_turn(RunnerSelf *rs, PyObject *ret)
+{
+    PyGreenlet *me = rs->me;
     for (;;) {
         ThreadStateObject *ts;
         PortalObject *p;
@@ -620,7 +633,7 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
         }
         else if ((ts = gbl_tls) == NULL || (ret == NULL && gbl_is_being_killed(me))) {
             Py_XDECREF(ret);
-            return NULL; /* dropped while idle, or at thread exit: end */
+            return runner_end(rs, NULL); /* dropped while idle, or at thread exit: end */
         }
         else {
             ret = gbl_bounce(ts, me, ret);
@@ -629,7 +642,7 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
 
         PyObject *value;
         int kind;
-        if (!primed && runner_prime() < 0) {
+        if (!rs->primed && runner_prime() < 0) {
             /* No memory for the frames: the step fails with that error
              * and leaves the coroutine as it was. */
             value = gbl_fetch_exception();
@@ -639,8 +652,8 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
             Py_DECREF(p);
         }
         else {
-            primed = 1;
-            kind = runner_do_job(p, tstate, &value);
+            rs->primed = 1;
+            kind = runner_do_job(p, rs->tstate, &value);
         }
         /* Report to the portal whose step is running on this runner now
          * (normally the one whose job started the send; after a park in
@@ -653,23 +666,79 @@ runner_run(PyObject *Py_UNUSED(module), PyObject *box)
              * while parked. Nobody can take the result: end the runner. */
             if (kind == GBL_MSG_RAISE && PyErr_GivenExceptionMatches(value, PyExc_GreenletExit)) {
                 gbl_restore_exception(value);
-                return NULL;
+                return runner_end(rs, NULL);
             }
             Py_XDECREF(value);
             PyErr_SetString(PyExc_RuntimeError, GBL_FOREIGN_SWITCH_MESSAGE);
-            return NULL;
+            return runner_end(rs, NULL);
         }
         gbl_args_drop(&p->msg_args);
         PyObject *args = gbl_args_take(p);
         if (args == NULL) {
             Py_XDECREF(value);
-            return NULL;
+            return runner_end(rs, NULL);
         }
         p->msg_kind = kind;
         p->msg_value = value;
         p->msg_args = args;
-        ret = PyGreenlet_Switch(p->stepper, args, NULL);
+        return (RunnerNext){p->stepper, args};
     }
+}
+
+/* A runner's state for runner_run (NULL with an exception set). */
+static Py_NO_INLINE RunnerSelf *
+runner_begin(PyObject *box)
+{
+    RunnerSelf *rs = PyMem_Malloc(sizeof(RunnerSelf));
+    if (rs == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    rs->tstate = PyThreadState_Get();
+    gbl_reset_recursion_depth(rs->tstate);
+    rs->me = PyGreenlet_GetCurrent();
+    if (rs->me == NULL) {
+        PyMem_Free(rs);
+        return NULL;
+    }
+    Py_DECREF(rs->me); /* a tag: this greenlet is alive while it runs */
+    rs->first = NULL;
+    rs->primed = 0;
+    if (PyList_Check(box) && PyList_GET_SIZE(box) == 1) {
+        rs->first = Py_NewRef(PyList_GET_ITEM(box, 0));
+        if (PyList_SetSlice(box, 0, 1, NULL) < 0) {
+            Py_DECREF(rs->first);
+            PyMem_Free(rs);
+            return NULL;
+        }
+    }
+    return rs;
+}
+
+/* The body of every runner greenlet: run one job per switch, forever.
+ *
+ * At every switch out of a runner, greenlet copies the runner's C stack,
+ * from its start down to the switch, to the heap, and frees the copy when
+ * the runner resumes. Its own frames make most of that copy; this one's
+ * is one saved register, all the rest living in runner_turn's frame
+ * (gone before the switch) and in rs. The copy of a runner between steps
+ * then stays under glibc's per-thread cache of small blocks (1,032 bytes
+ * on 64-bit), and each step's malloc and free take its fast path: some 330
+ * instructions a step fewer than with the loop's locals in this frame. */
+static PyObject *
+runner_run(PyObject *Py_UNUSED(module), PyObject *box)
+{
+    RunnerSelf *rs = runner_begin(box);
+    if (rs == NULL) {
+        return NULL;
+    }
+    PyObject *first = rs->first;
+    rs->first = NULL;
+    RunnerNext next = runner_turn(rs, first);
+    while (next.to != NULL) {
+        next = runner_turn(rs, PyGreenlet_Switch(next.to, next.args, NULL));
+    }
+    return next.args;
 }
 
 static PyMethodDef runner_run_def = {"_runner_run", runner_run, METH_O,
