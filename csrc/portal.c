@@ -335,6 +335,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     if (cur != ts->hub || self->unmarked) {
         step_mark_runner(self, cur != ts->hub);
     }
+    self->stepped = 1;
     self->job_arg = Py_NewRef(arg);
     self->job_args = args; /* the receiver drops them */
     self->job_throw = throw;
@@ -428,6 +429,7 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->closing = 0;
     self->unmarked = 0;
     self->detached = 0;
+    self->stepped = 0;
     self->msg_kind = GBL_MSG_NONE;
     self->msg_value = NULL;
     self->msg_resume = NULL;
@@ -551,7 +553,7 @@ portal_close_runs_code(PortalObject *self)
 static void
 portal_finalize(PortalObject *self)
 {
-    if (self->stepper != NULL || gbl_is_finalizing()) {
+    if (self->stepper != NULL || !self->stepped || gbl_is_finalizing()) {
         return;
     }
     if (!portal_close_runs_code(self)) {

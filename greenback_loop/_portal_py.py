@@ -421,6 +421,7 @@ class Portal:
         "_closing",
         "_unmarked",
         "_detached",
+        "_stepped",
         "_serial",
         "__weakref__",
     )
@@ -460,6 +461,10 @@ class Portal:
         self._closing = False
         self._unmarked = False
         self._detached = False
+        #: Set by the first step: from then on closing the coroutine when the
+        #: portal is dropped is the portal's business (one made around a
+        #: coroutine something else runs leaves it alone).
+        self._stepped = False
         self._serial = next(_serials)
         return self
 
@@ -588,7 +593,12 @@ class Portal:
             value = None
 
     def __del__(self) -> None:
-        if self._stepper is not None or sys.is_finalizing() or not self._close_runs_code():
+        if (
+            self._stepper is not None
+            or not self._stepped
+            or sys.is_finalizing()
+            or not self._close_runs_code()
+        ):
             return
         try:
             self.close()
@@ -638,6 +648,7 @@ class Portal:
             target.gr_context = cur.gr_context
         if cur is not st.hub or self._unmarked:
             self._mark_runner(cur is not st.hub)
+        self._stepped = True
         self._job = (throw, arg)
         arg = None
         self._target = target
@@ -1086,6 +1097,12 @@ def await_(aw: Awaitable[T]) -> T:
                 value = send(arg)
         except StopIteration as exc:
             return exc.value  # type: ignore[no-any-return]
+        except BaseException:
+            # What was sent or thrown in may hold the exception raised now
+            # (Trio sends an outcome.Error): not kept by this frame, which
+            # the exception's traceback holds, it makes no cycle.
+            arg = None
+            raise
         arg = None
         # aw waits: suspend the step this greenlet runs in.
         if p is None:

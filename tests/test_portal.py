@@ -270,6 +270,31 @@ def test_parked_portal_dropped_unwinds() -> None:
     assert events == ["sync finally"]
 
 
+async def test_a_portal_dropped_before_its_first_step_leaves_the_coroutine_alone() -> None:
+    """A portal made around a coroutine another task is running (or around
+    a task's own portal) and dropped before any step of its own does not
+    close it: the other task finishes as if the portal never existed."""
+    gate = asyncio.Event()
+
+    async def inner() -> str:
+        await gate.wait()
+        return "inner done"
+
+    async def awaits(c: Any) -> str:
+        return await c  # type: ignore[no-any-return]
+
+    c = inner()
+    task = asyncio.create_task(awaits(c))
+    await asyncio.sleep(0)
+    for what in (c, task.get_coro()):
+        portal = Portal(what)
+        del portal
+        gc.collect()
+    assert c.cr_frame is not None  # still suspended, not closed
+    gate.set()
+    assert await task == "inner done"
+
+
 def test_send_while_running_raises() -> None:
     holder: list[Any] = []
 
