@@ -178,9 +178,12 @@ def redeliver_interrupt(exc: BaseException) -> bool:
     bytecode is next), was handed to the running event loop to raise from a
     callback of its own: it then stops the loop as a Ctrl-C landing in the
     loop's code does, and the step keeps what it brought (a yielded value is
-    not lost). Without a running loop it cannot be, and the step raises it."""
+    not lost). Under Trio it goes through Trio's own Ctrl-C path instead (see
+    _redeliver_to_trio). Without either it cannot be, and the step raises it."""
     if type(exc) is not KeyboardInterrupt:
         return False
+    if trio_task() is not None:
+        return _redeliver_to_trio()
     loop = asyncio._get_running_loop()
     if loop is None:
         return False
@@ -190,3 +193,21 @@ def redeliver_interrupt(exc: BaseException) -> bool:
 
 def _raise(exc: BaseException) -> None:
     raise exc
+
+
+def _redeliver_to_trio() -> bool:
+    """Under Trio, a Ctrl-C goes through Trio's SIGINT handler, which defers
+    it from Trio's own (protected) code to the main task's next checkpoint:
+    raise the signal so that the interrupt takes that path. Only where
+    Trio's handler is the one installed (the main thread, and no handler of
+    the program's own in its place)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    handler = signal.getsignal(signal.SIGINT)
+    if not getattr(handler, "__module__", "").startswith("trio."):
+        return False
+    signal.raise_signal(signal.SIGINT)
+    return True

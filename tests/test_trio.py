@@ -808,6 +808,54 @@ def test_settrace_callback_calling_await__is_refused_not_a_livelock() -> None:
     assert any("being switched into" in r for r in refused), refused
 
 
+@pytest.mark.parametrize("where", ["main", "child"])
+def test_interrupt_raised_at_a_steps_switch_back_takes_trios_ctrl_c_path(where: str) -> None:
+    """A KeyboardInterrupt raised by a greenlet.settrace callback on the
+    switch that ends a step (after the step's message was brought) keeps
+    the message, as a Ctrl-C landing in Trio's own code is kept off it:
+    the main task gets the interrupt at its next checkpoint, and the task
+    whose step it was carries on (before, that step raised it, and Trio's
+    bookkeeping of the task broke: TrioInternalError)."""
+    import greenlet
+
+    armed = False
+    fired = 0
+
+    def tracer(event: str, args: Any) -> None:
+        nonlocal armed, fired
+        if armed and event == "switch" and args[1].parent is None:
+            if where == "main" or trio.lowlevel.current_task().name.endswith("child"):
+                armed = False
+                fired += 1
+                raise KeyboardInterrupt
+
+    async def child(log: list[str]) -> None:
+        for _ in range(20):
+            await trio.sleep(0)
+        log.append("child finished")
+
+    async def main() -> list[str]:
+        nonlocal armed
+        log: list[str] = []
+        greenlet.settrace(tracer)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(child, log)
+                armed = True
+                try:
+                    for _ in range(20):
+                        await trio.sleep(0)
+                except KeyboardInterrupt:
+                    log.append("main: KeyboardInterrupt at a checkpoint")
+        finally:
+            greenlet.settrace(None)
+        return log
+
+    log = greenback_loop.trio.run(main)
+    assert fired == 1
+    assert sorted(log) == ["child finished", "main: KeyboardInterrupt at a checkpoint"]
+
+
 def test_instrument_failing_for_one_task_keeps_working_for_the_others() -> None:
     """A task whose coroutine cannot be given a portal (another instrument
     put a non-coroutine there) keeps none; Trio does not disable ours, so
