@@ -9,7 +9,10 @@ the program's own), every portal of this thread whose coroutine's
 frames live in its greenlets (parked, or run by a runner that a child
 greenlet pins) gets closed: ``GeneratorExit`` unwinds its synchronous frames and
 then its coroutine, as the teardown would without portals. Portals of other
-threads' loops are left alone (their greenlets can only run there).
+threads' loops are left alone (their greenlets can only run there), and so
+are Trio tasks' portals: a Trio run leaves no task parked when it returns,
+so those are the tasks of a guest run its host abandoned, which plain Trio
+never unwinds either.
 """
 
 from __future__ import annotations
@@ -23,11 +26,26 @@ from typing import Any
 def close_parked(portal_type: type) -> None:
     """Close every portal of type *portal_type* parked in this thread, the
     oldest first, as plain asyncio's teardown closes such tasks."""
-    parked = [
-        obj
-        for obj in gc.get_objects()
-        if type(obj) is portal_type and obj._holds_greenlets()  # type: ignore[attr-defined]
-    ]
+    try:
+        objects = gc.get_objects()
+        trio = sys.modules.get("trio")
+        task_type = getattr(getattr(trio, "lowlevel", None), "Task", None)
+        trio_coros = (
+            {id(obj.coro) for obj in objects if type(obj) is task_type} if task_type else set()
+        )
+        parked = [
+            obj
+            for obj in objects
+            if type(obj) is portal_type and id(obj) not in trio_coros and obj._holds_greenlets()  # type: ignore[attr-defined]
+        ]
+    except MemoryError:
+        print(
+            "greenback_loop: out of memory at exit; tasks parked in await_() were not unwound",
+            file=sys.stderr,
+        )
+        return
+    finally:
+        objects = []
     parked.sort(key=lambda portal: portal._serial)  # type: ignore[attr-defined]
     for portal in parked:
         _close_quietly(portal)

@@ -43,6 +43,21 @@ _Portal = _impl.core.Portal
 _CoroutineType = types.CoroutineType
 
 
+def _asyncgen_finalizer_code() -> Any:
+    """The code of the coroutine Trio runs, in a system task, to close an
+    async generator abandoned during the run (its cleanup is the user's
+    code), or None if this Trio has no such thing."""
+    try:
+        from trio._core._asyncgens import AsyncGenerators
+
+        return AsyncGenerators._finalize_one.__code__
+    except (ImportError, AttributeError):
+        return None
+
+
+_ASYNCGEN_FINALIZER = _asyncgen_finalizer_code()
+
+
 task_has_portal = trio_task_has_portal
 
 
@@ -174,7 +189,13 @@ class PortalInstrument(trio.abc.Instrument):
         elif parent in self._roots:
             self._roots.discard(parent)  # this is the main task
             give_portal(task, "PortalInstrument", check_run=False)
-        elif self.system_tasks or is_portal(parent.coro):
+        elif (
+            self.system_tasks
+            or is_portal(parent.coro)
+            or getattr(task.coro, "cr_code", None) is _ASYNCGEN_FINALIZER is not None
+        ):
+            # (a system task closing an abandoned async generator runs the
+            # generator's cleanup: user code, which may use await_ as await)
             give_portal(task, "PortalInstrument", check_run=False)
 
 
