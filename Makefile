@@ -12,8 +12,8 @@ test:            ## the whole suite, as CI runs it
 test-python:     ## the suite with the pure-Python core only
 	GREENBACK_LOOP_NO_EXTENSIONS=1 $(PYTHON) -m pytest
 
-test-versions:   ## the suite on CPython 3.14 and 3.15, from Debian unstable's packages
-	for v in 3.14 3.15; do bash .ci/debian-python.sh $$v && .pythons/$$v/venv/bin/python -m pytest || exit 1; done
+test-versions:   ## the whole suite on CPython 3.12 and 3.13 (pyenv) and 3.14, 3.15 (Debian's packages)
+	bash .ci/versions.sh 3.12 3.13 3.14 3.15
 
 test-trio-floor: ## the Trio tests on the oldest Trio supported (0.26.0), as CI runs them
 	python3 -m venv .venv-trio-floor && .venv-trio-floor/bin/pip install -q -e '.[test]' 'trio==0.26.0' 'anyio==4.4.0'
