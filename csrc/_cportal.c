@@ -78,26 +78,26 @@ static PyMethodDef module_methods[] = {
     {"portal_create_task", (PyCFunction)(void (*)(void))gbl_portal_create_task, METH_FASTCALL,
      gbl_portal_create_task_doc},
     {"in_portal", gbl_in_portal, METH_NOARGS,
-     "in_portal()\n--\n\nWhether await_() can suspend from the calling greenlet."},
+     "in_portal($module, /)\n--\n\nWhether await_() can suspend from the calling greenlet."},
     {"portal_call_soon", (PyCFunction)(void (*)(void))gbl_portal_call_soon, METH_FASTCALL,
      gbl_portal_call_soon_doc},
     {"pointer_offsets", (PyCFunction)(void (*)(void))gbl_pointer_offsets, METH_FASTCALL,
-     "pointer_offsets(obj, referent)\n--\n\n"
+     "pointer_offsets($module, obj, referent, /)\n--\n\n"
      "Offsets in obj's fixed-size part at which a pointer to referent is stored."},
     {"asyncio_debug_offsets", gbl_asyncio_debug_offsets, METH_NOARGS,
-     "asyncio_debug_offsets()\n--\n\n"
+     "asyncio_debug_offsets($module, /)\n--\n\n"
      "The Task size and coroutine offset CPython publishes for debuggers, or None."},
     {"set_task_layout", (PyCFunction)(void (*)(void))gbl_set_task_layout, METH_FASTCALL,
-     "set_task_layout(task_type, coro_offset)\n--\n\n"
+     "set_task_layout($module, task_type, coro_offset, step_type, step_offset, /)\n--\n\n"
      "Record where a C Task keeps its coroutine (once per process)."},
     {"swap_task_coro", (PyCFunction)(void (*)(void))gbl_swap_task_coro, METH_FASTCALL,
-     "swap_task_coro(task, old, new)\n--\n\n"
+     "swap_task_coro($module, task, old, new, /)\n--\n\n"
      "Replace a C Task's coroutine old (checked in place) with new."},
 #ifdef GBL_DEBUG_BUILD
     {"_debug_runners_created", gbl_debug_runners_created, METH_NOARGS,
      "How many runner greenlets this process has created (for tests)."},
     {"_debug_switch_roundtrip", gbl_debug_switch_roundtrip, METH_O,
-     "_debug_switch_roundtrip(n)\n--\n\n"
+     "_debug_switch_roundtrip($module, n, /)\n--\n\n"
      "Nanoseconds per bare greenlet switch round trip made from C, over n\n"
      "round trips: the floor of a portal step's cost (for benchmarks)."},
 #endif

@@ -176,7 +176,7 @@ gbl_chain_handled(PyObject *exc)
 }
 
 PyDoc_STRVAR(gbl_await_doc,
-             "await_(aw)\n--\n\n"
+             "await_($module, aw, /)\n--\n\n"
              "Await *aw* from synchronous code running inside a portal.\n\n"
              "``await_(aw)`` does what ``await aw`` does, but in a plain function: the\n"
              "function must run (at any depth) inside a task that has a portal, which\n"

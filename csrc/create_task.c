@@ -167,7 +167,7 @@ create_task_new(PyObject *base, PyObject *wrap, PyObject *extra, vectorcallfunc 
 }
 
 PyDoc_STRVAR(gbl_portal_create_task_doc,
-             "portal_create_task(base, wrap)\n--\n\n"
+             "portal_create_task($module, base, wrap, /)\n--\n\n"
              "A create_task method for a loop class: wraps the coroutine in a portal\n"
              "(native coroutines here, anything else through wrap(coro)) and calls\n"
              "base(loop, portal, ...) with the other arguments untouched.");

@@ -947,7 +947,7 @@ static PyMemberDef portal_members[] = {
 };
 
 PyDoc_STRVAR(portal_doc,
-             "Portal(coro)\n--\n\n"
+             "Portal(coro, /)\n--\n\n"
              "A coroutine wrapper whose steps can be suspended by await_().");
 
 static PyType_Slot portal_slots[] = {

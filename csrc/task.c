@@ -269,7 +269,7 @@ call_soon_vectorcall(CreateTaskObject *self, PyObject *const *args, size_t nargs
 }
 
 PyDoc_STRVAR(gbl_portal_call_soon_doc,
-             "portal_call_soon(base, hook, pytask_type)\n--\n\n"
+             "portal_call_soon($module, base, hook, pytask_type, /)\n--\n\n"
              "A call_soon method for a loop class: a task scheduling a step without a\n"
              "portal is handed to hook(task) first, then base(loop, ...) is called.");
 

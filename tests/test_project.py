@@ -160,6 +160,45 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("ruff", "check", "greenback_loop", "tests", "benchmarks"),
+        ("ruff", "format", "--check", "greenback_loop", "tests", "benchmarks"),
+        ("mypy",),  # strict, on the package (pyproject's [tool.mypy])
+    ],
+    ids=["ruff-check", "ruff-format", "mypy-strict"],
+)
+def test_lint(command: tuple[str, ...]) -> None:
+    proc = _tool(*command)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.once
+def test_c_core_stub_matches_the_module(tmp_path: Path) -> None:
+    """greenback_loop/_cportal.pyi against the built module (mypy's
+    stubtest): names, signatures, positional-only parameters."""
+    pytest.importorskip("greenback_loop._cportal")
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\nignore_missing_imports = True\n")
+    proc = _tool(
+        "mypy.stubtest",
+        "--mypy-config-file",
+        str(config),
+        "--allowlist",
+        str(ROOT / "tests" / "stubtest_allowlist.txt"),
+        "greenback_loop._cportal",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.timeout(900)
 def test_suite_in_asyncio_debug_mode() -> None:
     """The behaviour tests again with PYTHONASYNCIODEBUG=1: debug-mode loops
