@@ -77,6 +77,9 @@ def test_package_modules_import_one_way() -> None:
     import ast
 
     order: dict[str, float] = {
+        "__main__": 7,
+        "_cli": 6,
+        "pytest_plugin": 6,
         "demo": 6,
         "__init__": 5,
         "_api": 4,
