@@ -13,6 +13,7 @@ import platform
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 
 def flag(name: str) -> bool:
@@ -76,4 +77,18 @@ if not flag("GREENBACK_LOOP_NO_EXTENSIONS") and platform.python_implementation()
         )
     )
 
-setup(ext_modules=ext_modules)
+
+class BuildPy(build_py):
+    """Marks a build without the C core, so that its install uses the
+    pure-Python core with no environment variable (greenback_loop/_impl.py);
+    a CPython install that lacks the C core otherwise is an error."""
+
+    def run(self) -> None:
+        super().run()
+        if not ext_modules:
+            path = os.path.join(self.build_lib, "greenback_loop", "_pure_build.py")
+            with open(path, "w") as f:
+                f.write('"""This install was built without the C core."""\n')
+
+
+setup(ext_modules=ext_modules, cmdclass={"build_py": BuildPy})
