@@ -133,7 +133,7 @@ def add(name: str, script: str, expected: str | None = None, **kwargs: Any) -> N
     assert name not in SCENARIOS, name
     if expected is not None:
         expected = textwrap.dedent(expected).lstrip("\n")
-    kwargs.setdefault("timeout", 20)
+    kwargs.setdefault("timeout", 40)  # as test_hostile: ASan and a busy machine are slow
     SCENARIOS[name] = Scenario(name, textwrap.dedent(script), expected, **kwargs)
 
 
