@@ -1,7 +1,7 @@
 # Every habit of the project in one place. PYTHON may point at any venv.
 PYTHON ?= .venv/bin/python
 
-.PHONY: venv test test-python test-versions test-trio-floor conformance build debug sanitize leaks lint docs demo bench bench-quick clean
+.PHONY: venv test test-python test-versions test-wheel test-trio-floor conformance build debug sanitize leaks lint docs demo bench bench-quick clean
 
 venv:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test,uvloop]' ruff mypy
@@ -15,10 +15,13 @@ test-python:     ## the suite with the pure-Python core only
 test-versions:   ## the whole suite on CPython 3.12 and 3.13 (pyenv) and 3.14, 3.15 (Debian's packages)
 	bash .ci/versions.sh 3.12 3.13 3.14 3.15
 
-test-trio-floor: ## the Trio tests on the oldest Trio supported (0.26.0), as CI runs them
-	python3 -m venv .venv-trio-floor && .venv-trio-floor/bin/pip install -q -e '.[test]' 'trio==0.26.0' 'anyio==4.4.0'
-	.venv-trio-floor/bin/pytest -q tests/test_trio.py tests/test_any_library.py tests/test_tree_portals.py
+test-trio-floor: ## on the floors (Trio 0.26.0, anyio 4.4.0, greenlet 3.0.0, uvloop 0.19.0), as CI runs it
+	python3 -m venv .venv-trio-floor && .venv-trio-floor/bin/pip install -q -e '.[test]' 'trio==0.26.0' 'anyio==4.4.0' 'greenlet==3.0.0' 'uvloop==0.19.0'
+	.venv-trio-floor/bin/pytest -q tests/test_trio.py tests/test_any_library.py tests/test_tree_portals.py tests/test_await.py tests/test_portal.py tests/test_lifecycle.py
 	.venv-trio-floor/bin/python -m tests.conformance.run_greenback_suite --loop trio
+
+test-wheel:      ## the sdist and both wheels, built, installed in fresh venvs and tested
+	PYTHON=$(PYTHON) bash .ci/wheel.sh
 
 conformance:     ## CPython's test_asyncio on our loops and policy, both cores, vs plain asyncio
 	$(PYTHON) -m tests.conformance.run_test_asyncio
