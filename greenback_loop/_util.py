@@ -30,9 +30,15 @@ def autoawait(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     Useful where Python calls a function synchronously: properties, magic
     methods, callbacks of synchronous libraries.
 
+    >>> import asyncio, greenback_loop
     >>> @greenback_loop.autoawait
-    ... async def fetch(key): ...
-    >>> value = fetch("k")   # from sync code running in a task
+    ... async def fetch(key):
+    ...     await asyncio.sleep(0)
+    ...     return key.upper()
+    >>> async def main():
+    ...     return fetch("k")   # a plain call, from code running in a task
+    >>> greenback_loop.run(main())
+    'K'
     """
 
     @functools.wraps(fn)

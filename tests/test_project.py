@@ -213,3 +213,23 @@ def test_suite_in_asyncio_debug_mode() -> None:
     proc = run_pytest(ROOT, env, *(str(tests / f) for f in files))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert " passed" in proc.stdout
+
+
+def test_docstring_examples_run() -> None:
+    """Every ``>>>`` example in the package's docstrings runs and prints what
+    it shows (on this process's core; the twin rerun runs them on the twin)."""
+    import doctest
+    import importlib
+
+    failed = attempted = 0
+    for path in sorted((ROOT / "greenback_loop").glob("*.py")):
+        if path.stem == "__main__":
+            continue
+        module = importlib.import_module(
+            "greenback_loop" if path.stem == "__init__" else f"greenback_loop.{path.stem}"
+        )
+        result = doctest.testmod(module, verbose=False, report=True)
+        failed += result.failed
+        attempted += result.attempted
+    assert failed == 0
+    assert attempted >= 8  # the examples are found (greenback_loop and autoawait)
