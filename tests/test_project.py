@@ -80,6 +80,7 @@ def test_package_modules_import_one_way() -> None:
         "__main__": 7,
         "_cli": 6,
         "pytest_plugin": 4,
+        "ipython": 5,
         "demo": 6,
         "__init__": 5,
         "_api": 4,
