@@ -88,10 +88,10 @@ typedef struct {
     /* Set by _detach(): the coroutine is no longer the portal's to step or
      * close (its task resumes it directly again). */
     int detached;
-    /* Set by the portal's first step: from then on the coroutine's
-     * suspension is the portal's, and so is closing it when the portal is
-     * dropped. A portal made around a coroutine something else runs (and
-     * dropped before any step) leaves it alone. */
+    /* Set by the portal's first step, or when it is installed as a task's
+     * coroutine (_own()): from then on closing the coroutine when the
+     * portal is dropped is the portal's. A portal made around a coroutine
+     * something else runs (and dropped before any step) leaves it alone. */
     int stepped;
     int msg_kind;
     PyObject *msg_value;

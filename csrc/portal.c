@@ -897,6 +897,16 @@ portal_holds_greenlets_meth(PortalObject *self, PyObject *Py_UNUSED(ignored))
  * Trio task whose Task.coro was set back to it): the portal no longer steps
  * or closes it. Only between steps, and only while the coroutine's frames
  * depend on none of the portal's greenlets; returns whether it detached. */
+/* The portal is now a task's coroutine (ensure_portal(), bestow_portal()):
+ * closing the coroutine when the portal is dropped is its business even
+ * before its first step, as for a portal that has stepped. */
+static PyObject *
+portal_own(PortalObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->stepped = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 portal_detach(PortalObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -916,6 +926,8 @@ static PyMethodDef portal_methods[] = {
     {"throw", (PyCFunction)(void (*)(void))portal_throw, METH_FASTCALL,
      "throw(exc) -> raise exc in the coroutine; the next yielded value"},
     {"close", (PyCFunction)portal_close, METH_NOARGS, "close() -> raise GeneratorExit inside"},
+    {"_own", (PyCFunction)portal_own, METH_NOARGS,
+     "Make the coroutine's closing the portal's: it is now a task's coroutine."},
     {"_detach", (PyCFunction)portal_detach, METH_NOARGS,
      "Stop stepping and closing the coroutine, between steps; whether it could."},
     {"_holds_greenlets", (PyCFunction)portal_holds_greenlets_meth, METH_NOARGS,

@@ -182,9 +182,9 @@ def redeliver_interrupt(exc: BaseException) -> bool:
     _redeliver_to_trio). Without either it cannot be, and the step raises it."""
     if type(exc) is not KeyboardInterrupt:
         return False
-    if trio_task() is not None:
-        return _redeliver_to_trio()
-    loop = asyncio._get_running_loop()
+    if trio_task() is not None and _redeliver_to_trio():
+        return True
+    loop = asyncio._get_running_loop()  # (a Trio guest run's host loop, too)
     if loop is None:
         return False
     loop.call_soon(_raise, exc)

@@ -30,9 +30,16 @@ def close_parked(portal_type: type) -> None:
         objects = gc.get_objects()
         trio = sys.modules.get("trio")
         task_type = getattr(getattr(trio, "lowlevel", None), "Task", None)
-        trio_coros = (
-            {id(obj.coro) for obj in objects if type(obj) is task_type} if task_type else set()
-        )
+        trio_coros: set[int] = set()
+        if task_type is not None:
+            for obj in objects:
+                if type(obj) is task_type:
+                    # the task's coroutine and what it awaits, down the
+                    # chain (with_portal_run()'s portal is awaited there)
+                    coro = obj.coro
+                    while coro is not None and id(coro) not in trio_coros:
+                        trio_coros.add(id(coro))
+                        coro = getattr(coro, "cr_await", None)
         parked = [
             obj
             for obj in objects

@@ -557,6 +557,12 @@ class Portal:
         finally:
             value = None
 
+    def _own(self) -> None:
+        """Make the coroutine's closing the portal's: it is now a task's
+        coroutine (ensure_portal(), bestow_portal()), even before its first
+        step."""
+        self._stepped = True
+
     def _detach(self) -> bool:
         """Give the coroutine back to whoever resumes it directly from now
         on (a Trio task whose ``Task.coro`` was set back to it): the portal

@@ -235,7 +235,9 @@ def give_portal(task: Any, what: str) -> bool:
             "give it a portal from that thread (loop.call_soon_threadsafe), where its "
             "steps run"
         )
-    set_task_coro(task, coro, Portal(coro), what)
+    portal = Portal(coro)
+    set_task_coro(task, coro, portal, what)
+    portal._own()  # the task's coroutine now: closing it is the portal's
     return True
 
 

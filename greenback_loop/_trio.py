@@ -102,6 +102,7 @@ def give_portal(task: Any, what: str, *, check_run: bool = True) -> bool:
             f"(its coro is {type(coro).__name__})"
         ) from exc
     task.coro = portal
+    portal._own()  # the task's coroutine now: closing it is the portal's
     _rebind_scheduled_step(task, coro, portal)
     return True
 

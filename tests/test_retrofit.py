@@ -16,6 +16,7 @@ import traceback
 from typing import Any
 
 import pytest
+from conftest import plain_loop_factory
 
 import greenback_loop
 from greenback_loop import _impl
@@ -382,3 +383,48 @@ def test_traceback_has_no_retrofit_frames(run_plain: Any) -> None:
         run_plain(main())
     files = [f.filename for f in traceback.extract_tb(info.value.__traceback__)]
     assert not [f for f in files if "/greenback_loop/" in f and not f.endswith("_portal_py.py")]
+
+
+def test_task_given_a_portal_and_dropped_before_its_step_is_closed_by_its_portal(
+    loop_kind: str,
+) -> None:
+    """A task given its portal by bestow_portal() and dropped (its last
+    reference) from sync code in another task's step, before the portal's
+    first step: the portal still closes the coroutine as a step of its own,
+    so an await_ in its cleanup is refused and does not suspend the other
+    task (before, the coroutine closed itself on the dropping task's stack
+    and that task's step was suspended in await-free code)."""
+    events: list[str] = []
+    loop = plain_loop_factory(loop_kind)()
+    loop.set_task_factory(lambda lp, c, **kw: asyncio.tasks._PyTask(c, loop=lp, **kw))
+
+    async def b_coro(fut: Any) -> None:
+        try:
+            await fut
+        finally:
+            try:
+                greenback_loop.await_(asyncio.sleep(0.05))
+                events.append("B cleanup suspended")
+            except RuntimeError as exc:
+                events.append("B cleanup refused" if "being closed" in str(exc) else str(exc))
+
+    async def a_coro() -> None:
+        await greenback_loop.ensure_portal()
+        fut = asyncio.futures._PyFuture(loop=loop)  # type: ignore[attr-defined]
+        b: Any = loop.create_task(b_coro(fut))
+        await asyncio.sleep(0)  # B waits on fut
+        greenback_loop.bestow_portal(b)  # B's portal, not stepped yet
+        fut.remove_done_callback(fut._callbacks[0][0])
+
+        def sync_layer() -> None:
+            nonlocal b, fut
+            b = fut = None  # B's last reference goes
+            events.append("A after the drop")
+
+        sync_layer()
+
+    try:
+        loop.run_until_complete(a_coro())
+    finally:
+        loop.close()
+    assert events == ["B cleanup refused", "A after the drop"], events
