@@ -92,7 +92,7 @@ typedef struct {
      * coroutine (_own()): from then on closing the coroutine when the
      * portal is dropped is the portal's. A portal made around a coroutine
      * something else runs (and dropped before any step) leaves it alone. */
-    int stepped;
+    int owned;
     int msg_kind;
     PyObject *msg_value;
     PyGreenlet *msg_resume;

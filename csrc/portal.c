@@ -335,7 +335,7 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     if (cur != ts->hub || self->unmarked) {
         step_mark_runner(self, cur != ts->hub);
     }
-    self->stepped = 1;
+    self->owned = 1;
     self->job_arg = Py_NewRef(arg);
     self->job_args = args; /* the receiver drops them */
     self->job_throw = throw;
@@ -429,7 +429,7 @@ portal_alloc(PyTypeObject *type, PyObject *coro)
     self->closing = 0;
     self->unmarked = 0;
     self->detached = 0;
-    self->stepped = 0;
+    self->owned = 0;
     self->msg_kind = GBL_MSG_NONE;
     self->msg_value = NULL;
     self->msg_resume = NULL;
@@ -553,7 +553,7 @@ portal_close_runs_code(PortalObject *self)
 static void
 portal_finalize(PortalObject *self)
 {
-    if (self->stepper != NULL || !self->stepped || gbl_is_finalizing()) {
+    if (self->stepper != NULL || !self->owned || gbl_is_finalizing()) {
         return;
     }
     if (!portal_close_runs_code(self)) {
@@ -903,7 +903,7 @@ portal_holds_greenlets_meth(PortalObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 portal_own(PortalObject *self, PyObject *Py_UNUSED(ignored))
 {
-    self->stepped = 1;
+    self->owned = 1;
     Py_RETURN_NONE;
 }
 

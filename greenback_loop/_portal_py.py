@@ -421,7 +421,7 @@ class Portal:
         "_closing",
         "_unmarked",
         "_detached",
-        "_stepped",
+        "_owned",
         "_serial",
         "__weakref__",
     )
@@ -464,7 +464,7 @@ class Portal:
         #: Set by the first step: from then on closing the coroutine when the
         #: portal is dropped is the portal's business (one made around a
         #: coroutine something else runs leaves it alone).
-        self._stepped = False
+        self._owned = False
         self._serial = next(_serials)
         return self
 
@@ -561,7 +561,7 @@ class Portal:
         """Make the coroutine's closing the portal's: it is now a task's
         coroutine (ensure_portal(), bestow_portal()), even before its first
         step."""
-        self._stepped = True
+        self._owned = True
 
     def _detach(self) -> bool:
         """Give the coroutine back to whoever resumes it directly from now
@@ -601,7 +601,7 @@ class Portal:
     def __del__(self) -> None:
         if (
             self._stepper is not None
-            or not self._stepped
+            or not self._owned
             or sys.is_finalizing()
             or not self._close_runs_code()
         ):
@@ -654,7 +654,7 @@ class Portal:
             target.gr_context = cur.gr_context
         if cur is not st.hub or self._unmarked:
             self._mark_runner(cur is not st.hub)
-        self._stepped = True
+        self._owned = True
         self._job = (throw, arg)
         arg = None
         self._target = target
