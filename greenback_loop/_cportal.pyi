@@ -1,6 +1,7 @@
 """Types of the C core (csrc/), the same names as its pure-Python twin
 ``greenback_loop._portal_py``."""
 
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CodeType, FrameType
 from typing import Any, Generic, TypeVar, final
@@ -28,6 +29,9 @@ class Portal(Generic[_T]):
     def cr_suspended(self) -> bool: ...
     @property
     def cr_code(self) -> CodeType: ...
+    if sys.version_info >= (3, 15):
+        @property
+        def cr_state(self) -> str: ...
     @property
     def cr_origin(self) -> tuple[tuple[str, int, str], ...] | None: ...
     @property
