@@ -5,6 +5,8 @@
 #
 #     bash .ci/versions.sh [--fast] [3.12 3.13 3.14 3.15]
 #     bash .ci/versions.sh --newest
+#     bash .ci/versions.sh --newest --venv-only   # make it, say which (.pythons/newest)
+#     bash .ci/versions.sh --reuse 3.15           # its tests, in the venv made before
 #
 # --fast runs the quick subset (FAST below: await_, portals, tasks, Trio,
 # every library, the project checks) instead of the whole suite. Exits non-zero
@@ -12,18 +14,22 @@
 # --available skips (saying so) a version whose venv cannot be made, instead
 # of failing; test failures still fail. --newest runs the whole suite on the newest of 3.15, 3.14, 3.13 and 3.12
 # whose venv can be made here (Debian's packages may be out of reach; pyenv's
-# are on the machine), saying which ones it could not make.
+# are on the machine), saying which ones it could not make. --venv-only makes
+# the venvs and runs no tests (.ci/run makes the newest one while the 3.11
+# suite runs); --reuse runs the tests in a venv made before, if there is one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FAST=(tests/test_await.py tests/test_portal.py tests/test_tasks.py tests/test_cancel.py
       tests/test_trio.py tests/test_any_library.py tests/test_errors.py tests/test_project.py)
-fast=0 newest=0 available=0
+fast=0 newest=0 available=0 venv_only=0 reuse=0
 while [[ ${1:-} == --* ]]; do
     case $1 in
     --fast) fast=1 ;;
     --newest) newest=1 ;;
     --available) available=1 ;;
+    --venv-only) venv_only=1 ;;
+    --reuse) reuse=1 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -48,6 +54,7 @@ if [[ $newest == 1 ]]; then
     for ver in 3.15 3.14 3.13 3.12; do
         if make_venv "$ver"; then
             versions=("$ver")
+            echo "$ver" > .pythons/newest
             break
         fi
         echo "*** could not make a CPython $ver venv here; trying the next older" >&2
@@ -58,13 +65,16 @@ fi
 
 for ver in "${versions[@]}"; do
     echo "=== CPython $ver"
-    if [[ $newest == 0 ]] && ! make_venv "$ver"; then
+    if [[ $reuse == 1 && -x .pythons/$ver/venv/bin/python ]]; then
+        : # made before (--venv-only)
+    elif [[ $newest == 0 ]] && ! make_venv "$ver"; then
         if [[ $available == 1 ]]; then
             echo "*** skipped CPython $ver: no venv could be made here" >&2
             continue
         fi
         exit 1
     fi
+    [[ $venv_only == 0 ]] || continue
     py=.pythons/$ver/venv/bin/python
     "$py" -c "import sys, greenback_loop; print(sys.version.split()[0], 'core', greenback_loop.implementation)"
     if [[ $fast == 1 ]]; then

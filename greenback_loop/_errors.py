@@ -16,8 +16,8 @@ import types
 from typing import Any
 
 _RUN_HINT = (
-    "Run the program with greenback_loop.run(main()) or "
-    "asyncio.run(main(), loop_factory=greenback_loop.new_event_loop), "
+    "Run the program with greenback_loop.run(main()) (or, on Python 3.12+, "
+    "asyncio.run(main(), loop_factory=greenback_loop.new_event_loop)), "
     "or wrap the synchronous call in "
     "'await greenback_loop.with_portal_run_sync(fn, *args)'."
 )

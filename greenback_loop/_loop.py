@@ -119,8 +119,9 @@ def new_event_loop(*, uvloop: bool = False) -> asyncio.AbstractEventLoop:
     (requires uvloop: ``pip install greenback_loop[uvloop]``), otherwise a
     :class:`greenback_loop.EventLoop`.
 
-    Use it as ``asyncio.run(main(), loop_factory=greenback_loop.new_event_loop)``
-    or ``asyncio.Runner(loop_factory=greenback_loop.new_event_loop)``.
+    Use it as ``asyncio.Runner(loop_factory=greenback_loop.new_event_loop)``
+    or, on Python 3.12+, as
+    ``asyncio.run(main(), loop_factory=greenback_loop.new_event_loop)``.
     """
     if uvloop:
         return uvloop_loop_class()()  # type: ignore[no-any-return]

@@ -41,12 +41,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The sanitized rerun runs in the background from the end of collection
+    # (pytest_collection_finish): its test, which waits for it, goes last.
+    items.sort(key=lambda item: item.path.name == "test_sanitizers.py")
     if not IN_TWIN_RUN:
         return
     skip = pytest.mark.skip(reason="runs once, in the main run")
     for item in items:
         if item.get_closest_marker("once") is not None:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The sanitized rerun (tests/test_sanitizers.py) takes minutes and needs
+    # nothing of this process: when selected, it starts now and runs beside
+    # the rest of the suite; its test waits for it.
+    for item in session.items:
+        if isinstance(item, pytest.Function) and item.path.name == "test_sanitizers.py":
+            rerun = item.module.start_in_background()
+            if rerun is not None:
+                session.config.add_cleanup(rerun.stop)
+            return
 
 
 def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -139,13 +154,18 @@ def _collect_between_tests() -> Iterator[None]:
     gc.collect()
 
 
+def suite_command(*args: str) -> list[str]:
+    """The command line of a pytest subprocess (for suites run again under
+    other conditions)."""
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+
+
 def run_pytest(cwd: Any, env: dict[str, str], *args: str) -> Any:
-    """Run pytest in a subprocess (for suites run again under other
-    conditions); returns the CompletedProcess."""
+    """Run pytest in a subprocess; returns the CompletedProcess."""
     import subprocess
 
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        suite_command(*args),
         cwd=cwd,
         env=env,
         capture_output=True,
