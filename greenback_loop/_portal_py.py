@@ -108,6 +108,28 @@ _LEFT = (
 )
 
 
+#: The coroutines left on the stacks of runners of threads that ended (see
+#: _ThreadState.sending): never resumed, never finalized, like the C core's.
+_ENDED_THREADS_SENDING: list[dict[int, Any]] = []
+
+
+class _KeepAtThreadExit:
+    """Owned by a thread's _ThreadState: when the thread's state goes (its
+    end), moves the coroutines still in the middle of a send on its runners
+    to _ENDED_THREADS_SENDING, so the collector does not finalize them once
+    greenlet lets it look into the dead thread's suspended greenlets (3.15,
+    greenlet 3.5): finalized, they report "coroutine already executing"."""
+
+    __slots__ = ("sending",)
+
+    def __init__(self, sending: dict[int, Any]) -> None:
+        self.sending = sending
+
+    def __del__(self, _keep: list[dict[int, Any]] = _ENDED_THREADS_SENDING) -> None:
+        if self.sending:
+            _keep.append(self.sending)
+
+
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         #: The innermost portal whose step is running in this thread. Steps
@@ -130,6 +152,11 @@ class _ThreadState(threading.local):
         #: collector never finalizes a coroutine in the middle of a step
         #: (it would report "coroutine already executing").
         self.sending: dict[int, Any] = {}
+        #: When the thread ends, what ``sending`` still holds (tasks parked
+        #: in await_ there, whose greenlets can never run again) moves to a
+        #: process-wide list: the C core's C stacks keep those coroutines
+        #: out of the collector's sight for good, this does the same.
+        self._at_exit = _KeepAtThreadExit(self.sending)
         hub = getcurrent()
         while hub.parent is not None:
             hub = hub.parent
@@ -894,10 +921,17 @@ def _make_exception(typ: Any, val: Any = None, tb: Any = None) -> BaseException:
 def _drop_own_frame(obj: Any) -> Any:
     """In debug mode, the creation point a task or handle records is our
     caller's, as with the C core (asyncio's own methods drop their frame
-    likewise): our wrapper's frame is removed from it."""
+    likewise): our wrapper's frame is removed from it, and so is the
+    runner's at its bottom (a step's stack starts at the task's coroutine
+    there, as the C core's does)."""
     tb = getattr(obj, "_source_traceback", None)
-    if tb and tb[-1].filename == __file__:
-        del tb[-1]
+    if tb:
+        if tb[-1].filename == __file__:
+            del tb[-1]
+        own = 0
+        while own < len(tb) and tb[own].filename == __file__:
+            own += 1
+        del tb[:own]
     return obj
 
 

@@ -491,6 +491,23 @@ def test_debug_creation_point_is_the_callers_as_on_plain_asyncio(run: Any, run_p
     assert "/greenback_loop/" not in got[1]
 
 
+def test_debug_creation_record_holds_no_frame_of_ours(run: Any, run_plain: Any) -> None:
+    """The whole recorded creation stack: no frame of greenback_loop's (the
+    twin's runner at its bottom was one), and the user's frames above the
+    loop's as with a plain loop."""
+
+    async def main() -> list[tuple[str, str]]:
+        task = asyncio.create_task(asyncio.sleep(0))
+        await task
+        return [(f.filename, f.name) for f in task._source_traceback]  # type: ignore[attr-defined]
+
+    got = run(main(), debug=True)
+    plain = run_plain(_debug(main()))
+    assert [f for f in got if "/greenback_loop/" in f[0]] == []
+    assert got == plain[len(plain) - len(got) :]
+    assert any(name == "main" for _, name in got)
+
+
 async def _debug(coro: Any) -> Any:
     asyncio.get_running_loop().set_debug(True)
     return await coro
