@@ -7,6 +7,7 @@
 #     bash .ci/versions.sh --newest
 #     bash .ci/versions.sh --newest --venv-only   # make it, say which (.pythons/newest)
 #     bash .ci/versions.sh --reuse 3.15           # its tests, in the venv made before
+#     bash .ci/versions.sh --sanitize-fast 3.15   # the whole suite, its ASan rerun FAST only
 #
 # --fast runs the quick subset (FAST below: await_, portals, tasks, Trio,
 # every library, the project checks) instead of the whole suite. Exits non-zero
@@ -17,12 +18,15 @@
 # are on the machine), saying which ones it could not make. --venv-only makes
 # the venvs and runs no tests (.ci/run makes the newest one while the 3.11
 # suite runs); --reuse runs the tests in a venv made before, if there is one.
+# --sanitize-fast runs the whole suite but limits its rerun against the
+# ASan+UBSan build (tests/test_sanitizers.py) to FAST: .ci/run's second
+# CPython, the whole suite being rerun under the sanitizers on 3.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FAST=(tests/test_await.py tests/test_portal.py tests/test_tasks.py tests/test_cancel.py
       tests/test_trio.py tests/test_any_library.py tests/test_errors.py tests/test_project.py)
-fast=0 newest=0 available=0 venv_only=0 reuse=0
+fast=0 newest=0 available=0 venv_only=0 reuse=0 sanitize_fast=0
 while [[ ${1:-} == --* ]]; do
     case $1 in
     --fast) fast=1 ;;
@@ -30,6 +34,7 @@ while [[ ${1:-} == --* ]]; do
     --available) available=1 ;;
     --venv-only) venv_only=1 ;;
     --reuse) reuse=1 ;;
+    --sanitize-fast) sanitize_fast=1 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -79,6 +84,8 @@ for ver in "${versions[@]}"; do
     "$py" -c "import sys, greenback_loop; print(sys.version.split()[0], 'core', greenback_loop.implementation)"
     if [[ $fast == 1 ]]; then
         "$py" -m pytest -q -p no:cacheprovider "${FAST[@]}"
+    elif [[ $sanitize_fast == 1 ]]; then
+        GREENBACK_LOOP_SANITIZED_TESTS="${FAST[*]}" "$py" -m pytest -q -p no:cacheprovider
     else
         "$py" -m pytest -q -p no:cacheprovider
     fi

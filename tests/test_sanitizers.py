@@ -33,6 +33,11 @@ APPLIES = (
 )
 #: the rerun's own limit, in seconds (the build, then the suite)
 RERUN_TIMEOUT = 1800
+#: What the rerun runs: the whole suite, or the test files named (space
+#: separated, relative to the checkout) by GREENBACK_LOOP_SANITIZED_TESTS
+#: (``.ci/versions.sh --sanitize-fast``: CI's second CPython reruns its quick
+#: subset, the whole suite being rerun under the sanitizers on 3.11).
+SANITIZED_TESTS = os.environ.get("GREENBACK_LOOP_SANITIZED_TESTS", "").split() or ["tests"]
 
 
 def runtime(name: str) -> str:
@@ -85,6 +90,9 @@ class Rerun:
                 )
             else:
                 shutil.copy2(src, copy / part)
+        for path in SANITIZED_TESTS:
+            if not (copy / path).exists():
+                return f"GREENBACK_LOOP_SANITIZED_TESTS names {path!r}: no such test path"
         env = dict(os.environ, GREENBACK_LOOP_SANITIZE="1")
         env.pop("GREENBACK_LOOP_NO_EXTENSIONS", None)
         build = subprocess.run(
@@ -119,7 +127,7 @@ class Rerun:
             self.proc = subprocess.Popen(
                 suite_command(
                     "-x",
-                    "tests",
+                    *SANITIZED_TESTS,
                     "-k",
                     # (not the lint tools: ruff is no Python program to preload ASan into)
                     "not sanitizers and not twin_suite and not docs and not benchmarks "
