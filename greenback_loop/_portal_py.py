@@ -704,7 +704,13 @@ class Portal:
         msg = self._msg
         self._msg = None
         if msg is None:
-            self._failed(ret, thrown, resume, awaiting)
+            try:
+                self._failed(ret, thrown, resume, awaiting)
+            finally:
+                # What raised holds this frame in its traceback: the frame
+                # must not hold it back (a cycle through the portal, which
+                # __del__ would then leave alive past its collection).
+                ret = thrown = None
         job_left, self._job = self._job, None
         del job_left
         ret = stepper = target = resume = awaiting = None
@@ -798,24 +804,29 @@ class Portal:
     def _failed(
         self, ret: Any, thrown: BaseException | None, resume: greenlet | None, awaiting: Any
     ) -> NoReturn:
-        """Raise the error of a step that brought no message."""
-        if thrown is not None and self._job is not None:
-            # Nothing ran: put the parked greenlet back.
+        """Raise the error of a step that brought no message. (Its frame,
+        in the traceback, lets go of what it raises: no cycle holds the
+        portal.)"""
+        try:
+            if thrown is not None and self._job is not None:
+                # Nothing ran: put the parked greenlet back.
+                self._job = None
+                if resume is not None:
+                    self._resume, self._awaiting = resume, awaiting
+                if isinstance(thrown, greenlet_error):
+                    raise RuntimeError(_WRONG_THREAD) from thrown
+                raise thrown
             self._job = None
-            if resume is not None:
-                self._resume, self._awaiting = resume, awaiting
-            if isinstance(thrown, greenlet_error):
-                raise RuntimeError(_WRONG_THREAD) from thrown
-            raise thrown
-        self._job = None
-        runner = self._runner
-        if runner is not None and runner.dead:
-            self._runner = None  # the runner ended: the coroutine is lost with it
-        if thrown is not None:
-            raise thrown
-        if isinstance(ret, BaseException):
-            raise ret
-        raise RuntimeError(_LEFT)
+            runner = self._runner
+            if runner is not None and runner.dead:
+                self._runner = None  # the runner ended: the coroutine is lost with it
+            if thrown is not None:
+                raise thrown
+            if isinstance(ret, BaseException):
+                raise ret
+            raise RuntimeError(_LEFT)
+        finally:
+            ret = thrown = resume = awaiting = runner = None
 
     def _release_runner(self, st: _ThreadState, finished: bool) -> None:
         """Give the runner back to the pool unless something outside the
