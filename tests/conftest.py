@@ -38,6 +38,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "once: independent of the portal core (or compares both cores itself); "
         "skipped in the twin rerun",
     )
+    _sigint_as_in_a_foreground_program()
+
+
+def _sigint_as_in_a_foreground_program() -> None:
+    """The Ctrl-C tests (here and in the subprocesses they start) need SIGINT
+    to raise KeyboardInterrupt, as in a program started from a terminal. A
+    shell starts its background commands (``cmd &`` in a script, as
+    ``.ci/run`` starts the second CPython's suite) with SIGINT ignored, which
+    Python then keeps, and so would every subprocess: give it Python's own
+    handler back (which exec resets to the default in the subprocesses)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
