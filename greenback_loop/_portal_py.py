@@ -256,6 +256,32 @@ def _bounce(me: int) -> tuple[Any, BaseException | None]:
         return None, exc
 
 
+def _run_job(sending: dict[int, Any], coro: Any, throw: bool, arg: Any) -> tuple[Any, ...]:
+    """Send or throw *arg* into *coro*; the message for the step: what it
+    yielded, returned or raised. (A frame of its own, made for each job, is
+    where the coroutine's StopIteration or error lands, not the runner's
+    long-lived one: CPython 3.15 with greenlet 3.5.6 crashes when an
+    exception enters a frame that was suspended in a greenlet when a tracer
+    was turned on; see docs/limits.rst.)"""
+    key = id(coro)
+    sending[key] = coro
+    try:
+        if throw:
+            value = coro.throw(arg)
+        else:
+            value = coro.send(arg)
+    except StopIteration as exc:
+        return (_RETURN, exc.value)
+    except BaseException as exc:
+        if exc.__traceback__ is not None:
+            exc.__traceback__ = exc.__traceback__.tb_next  # hide this frame
+        return (_RAISE, exc)
+    finally:
+        del sending[key]
+        coro = arg = None
+    return (_YIELD, value)
+
+
 def _runner_main(box: list[Any]) -> None:
     """Body of a runner greenlet: run one job per switch, forever."""
     st = _state
@@ -282,25 +308,8 @@ def _runner_main(box: list[Any]) -> None:
         p._job = None
         coro = p._coro
         p = None
-        sending = st.sending
-        key = id(coro)
-        sending[key] = coro
-        try:
-            if throw:
-                value = coro.throw(arg)
-            else:
-                value = coro.send(arg)
-        except StopIteration as exc:
-            msg: tuple[Any, ...] = (_RETURN, exc.value)
-        except BaseException as exc:
-            if exc.__traceback__ is not None:
-                exc.__traceback__ = exc.__traceback__.tb_next  # hide this frame
-            msg = (_RAISE, exc)
-        else:
-            msg = (_YIELD, value)
-        finally:
-            del sending[key]
-        coro = arg = value = None
+        msg = _run_job(st.sending, coro, throw, arg)
+        coro = arg = None
         # Report to the portal whose step runs on this runner now (after a
         # park in await_, the one that resumed it).
         p = st.current

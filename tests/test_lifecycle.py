@@ -179,6 +179,63 @@ def test_exit_from_thread_loops_with_parked_tasks(loop_kind: str, impl: str) -> 
     assert_clean_exit(proc, "threads done\n")
 
 
+_GREENLET_315_TRACING = (
+    "CPython 3.15 with greenlet 3.5.6 (and greenlet alone): a greenlet suspended when "
+    "sys.settrace or a sys.monitoring RAISE event is turned on segfaults when a frame it "
+    "holds raises after it is resumed (docs/limits.rst, Python versions)"
+)
+
+
+@pytest.mark.parametrize("hook", ["settrace", "monitoring"])
+def test_tracing_turned_on_while_tasks_are_parked(
+    loop_kind: str, impl: str, hook: str, request: pytest.FixtureRequest
+) -> None:
+    """A tracer (a debugger, coverage) switched on while a task is parked in
+    await_: the resumed synchronous code raises and handles an exception,
+    and the task finishes as with plain awaits."""
+    if sys.version_info >= (3, 15):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=_GREENLET_315_TRACING))
+    if hook == "monitoring" and sys.version_info < (3, 12):
+        pytest.skip("sys.monitoring is 3.12+")
+    proc = run_script(
+        f"""
+        HOOK = {hook!r}
+        def turn_tracing_on():
+            if HOOK == "settrace":
+                sys.settrace(lambda frame, event, arg: None)
+            else:
+                m = sys.monitoring
+                m.use_tool_id(3, "test")
+                m.register_callback(3, m.events.RAISE, lambda *args: None)
+                m.set_events(3, m.events.RAISE)
+
+        def sync_layer(ev):
+            greenback_loop.await_(ev.wait())
+            try:
+                raise ValueError("handled")
+            except ValueError as exc:
+                return str(exc)
+
+        async def body(ev):
+            return sync_layer(ev)
+
+        async def main():
+            ev = asyncio.Event()
+            tasks = [asyncio.create_task(body(ev)) for _ in range(3)]
+            await asyncio.sleep(0)
+            turn_tracing_on()
+            ev.set()
+            return await asyncio.gather(*tasks)
+
+        print(greenback_loop.run(main(), uvloop=UVLOOP))
+        sys.settrace(None)
+        """,
+        loop_kind,
+        impl,
+    )
+    assert_clean_exit(proc, "['handled', 'handled', 'handled']\n")
+
+
 def test_exit_via_sys_exit_inside_await_(loop_kind: str, impl: str) -> None:
     proc = run_script(
         """

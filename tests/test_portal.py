@@ -408,12 +408,6 @@ async def test_frames_seen_from_inside_and_after_a_step() -> None:
     assert here[-1] == "test_frames_seen_from_inside_and_after_a_step"
 
 
-@pytest.mark.skipif(
-    sys.version_info >= (3, 15) and _impl.implementation == "python",
-    reason="segfaults on CPython 3.15 with the pure-Python core (sys.settrace across its "
-    "greenlet switches crashes in CPython's instrumentation; already at 1dd77a2; open in "
-    "issue 9)",
-)
 def test_tracing_sees_task_and_loop_frames(run: Any) -> None:
     """sys.settrace keeps working across portal steps, in the tasks and the loop."""
     calls: list[str] = []
