@@ -186,6 +186,37 @@ _GREENLET_315_TRACING = (
 )
 
 
+@pytest.mark.once
+def test_greenlet_alone_under_a_tracer_turned_on_while_suspended(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The crash behind the 3.15 limit, with greenlet alone (no portal): when
+    greenlet fixes it, this passes and the limit can go."""
+    if sys.version_info >= (3, 15):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=_GREENLET_315_TRACING))
+    source = textwrap.dedent(
+        """
+        import sys, greenlet
+
+        def body():
+            greenlet.getcurrent().parent.switch("suspended")
+            try:
+                raise ValueError
+            except ValueError:
+                return "handled"
+
+        g = greenlet.greenlet(body)
+        print(g.switch())
+        sys.settrace(lambda frame, event, arg: None)
+        print(g.switch())
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout) == (0, "suspended\nhandled\n"), proc.stderr
+
+
 @pytest.mark.parametrize("hook", ["settrace", "monitoring"])
 def test_tracing_turned_on_while_tasks_are_parked(
     loop_kind: str, impl: str, hook: str, request: pytest.FixtureRequest
