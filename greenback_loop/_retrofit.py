@@ -43,7 +43,7 @@ def task_has_portal(task: Any) -> bool:
     done, or it is inside with_portal_run()."""
     if task in portal_run_tasks:
         return True
-    return type(task.get_coro()) is _impl.core.Portal and not task.done()
+    return not task.done() and type(task.get_coro()) is _impl.core.Portal
 
 
 _ASYNC_CODE = (
@@ -206,6 +206,12 @@ def is_task(obj: object) -> bool:
     return isinstance(obj, asyncio.Task) or isinstance(obj, _PyTask)
 
 
+#: On 3.12 the C Task's get_coro() crashes the interpreter for an eager task
+#: that finished in its first step (it has dropped its coroutine, and
+#: get_coro() returns the NULL): a done C Task is not asked there.
+_DONE_C_TASK_GET_CORO_CRASHES = sys.version_info[:2] == (3, 12)
+
+
 def give_portal(task: Any, what: str) -> bool:
     """Make *task*'s coroutine a portal around it, from its next step on.
 
@@ -216,6 +222,8 @@ def give_portal(task: Any, what: str) -> bool:
         RuntimeError: the task cannot safely be given one, and why.
     """
     Portal = _impl.core.Portal
+    if _DONE_C_TASK_GET_CORO_CRASHES and task.done() and not isinstance(task, _PyTask):
+        return False  # done: it never steps again (its get_coro() may crash)
     coro = task.get_coro()
     if type(coro) is Portal or is_portal(coro):
         return False

@@ -164,9 +164,16 @@ def test_task_subclass_and_eager_task(run_plain: Any) -> None:
             eager = asyncio.Task(eager_body(), loop=loop, eager_start=True)
             results.append(await eager)
             done = asyncio.Task(fetch_now(), loop=loop, eager_start=True)
-            assert done.done() and done.get_coro() is None
-            with pytest.raises(RuntimeError, match="no coroutine left"):
+            assert done.done()
+            if sys.version_info >= (3, 13):
+                assert done.get_coro() is None
+                with pytest.raises(RuntimeError, match="no coroutine left"):
+                    greenback_loop.bestow_portal(done)
+            else:
+                # 3.12's get_coro() crashes on such a task, plain asyncio too:
+                # bestow_portal() must not ask it (done: nothing to give)
                 greenback_loop.bestow_portal(done)
+                assert not greenback_loop.has_portal(done)
         return results
 
     expected = [(True, 7)] + ([2] if sys.version_info >= (3, 12) else [])
