@@ -136,6 +136,51 @@ def core_loop_factory(core: types.ModuleType, kind: str) -> Callable[[], asyncio
     return cls  # type: ignore[no-any-return]
 
 
+@functools.cache
+def plain_eager_task_factory(kind: str) -> str:
+    """What a plain *kind* loop does with ``asyncio.eager_task_factory``:
+    ``"eager"`` (a task's first step runs inside ``create_task``), ``"lazy"``
+    (uvloop 0.23 passes ``eager_start=None``, which turns eagerness off) or
+    ``"refused"`` (uvloop passes ``eager_start=`` to every task factory, which
+    asyncio's eager factory does not take before 3.14: ``create_task``
+    raises TypeError). Tried on a plain loop in a thread of its own."""
+    import threading
+
+    result: list[str] = []
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        started: list[bool] = []
+
+        async def first() -> None:
+            started.append(True)
+
+        coro = first()
+        try:
+            task = loop.create_task(coro)
+        except TypeError:
+            coro.close()
+            result.append("refused")
+            return
+        finally:
+            loop.set_task_factory(None)
+        result.append("eager" if started else "lazy")
+        await task
+
+    def main() -> None:
+        loop = plain_loop_factory(kind)()
+        try:
+            loop.run_until_complete(probe())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
 @pytest.fixture(params=LOOP_KINDS)
 def loop_kind(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]

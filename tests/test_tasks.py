@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import pytest
+from conftest import plain_eager_task_factory
 
 import greenback_loop
 
@@ -127,51 +128,16 @@ async def test_user_task_factory_is_kept() -> None:
         loop.set_task_factory(None)
 
 
-def plain_loop_starts_eagerly(new_loop: Any) -> bool:
-    """Whether a plain loop from new_loop() with eager_task_factory runs a
-    task's first step inside create_task (run in a thread of its own)."""
-    import threading
-
-    result: list[bool] = []
-
-    async def probe() -> None:
-        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
-        started: list[bool] = []
-
-        async def first() -> None:
-            started.append(True)
-
-        task = asyncio.create_task(first())
-        result.append(bool(started))
-        await task
-
-    def main() -> None:
-        loop = new_loop()
-        try:
-            loop.run_until_complete(probe())
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=main)
-    thread.start()
-    thread.join()
-    return result[0]
-
-
 @needs_eager
 async def test_eager_task_factory() -> None:
     loop = asyncio.get_running_loop()
     import uvloop
 
-    eager_first_step = True
-    if isinstance(loop, uvloop.Loop):
-        if sys.version_info < (3, 14):
-            # uvloop passes eager_start= to the task factory, which
-            # eager_task_factory accepts from 3.14 on: plain uvloop fails too.
-            pytest.skip("uvloop cannot run eager_task_factory before Python 3.14")
-        # uvloop passes eager_start=None, which turns eagerness off in
-        # plain uvloop (0.23): do exactly what plain uvloop does.
-        eager_first_step = plain_loop_starts_eagerly(uvloop.new_event_loop)
+    plain = plain_eager_task_factory("uvloop" if isinstance(loop, uvloop.Loop) else "asyncio")
+    if plain == "refused":
+        pytest.skip("plain uvloop cannot run eager_task_factory on this Python")
+    # do exactly what the plain loop does (uvloop 0.23 starts lazily)
+    eager_first_step = plain == "eager"
     loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
     try:
         steps: list[str] = []
