@@ -961,8 +961,11 @@ def test_keyboard_interrupt_from_a_real_signal(run: Any, portal: Any, where: str
     there, as in plain Trio's unprotected user code). The same exception
     leaves the run, after the same finally blocks, as with plain await."""
 
+    ready = threading.Event()  # the code the signal is for is running
+
     def spin(log: list[str]) -> None:
         deadline = time.monotonic() + 5
+        ready.set()
         try:
             while time.monotonic() < deadline:
                 pass
@@ -977,6 +980,7 @@ def test_keyboard_interrupt_from_a_real_signal(run: Any, portal: Any, where: str
 
     def sync_layer(log: list[str]) -> None:
         if where == "parked":
+            ready.set()
             await_(trio.sleep(5))
         elif where in ("sync-code", "child-sync-code"):
             spin(log)
@@ -985,6 +989,7 @@ def test_keyboard_interrupt_from_a_real_signal(run: Any, portal: Any, where: str
 
     async def with_await(log: list[str]) -> None:
         if where == "parked":
+            ready.set()
             await trio.sleep(5)
         elif where in ("sync-code", "child-sync-code"):
             spin(log)
@@ -1002,8 +1007,16 @@ def test_keyboard_interrupt_from_a_real_signal(run: Any, portal: Any, where: str
         finally:
             log.append("finally")
 
+    def interrupt() -> None:
+        # once that code runs (not on a timer: a loaded machine would land
+        # the signal in Trio's own code before it), a moment later
+        if ready.wait(5):
+            time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGINT)
+
     async def main(log: list[str], use_await_: bool) -> None:
-        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        ready.clear()
+        timer = threading.Thread(target=interrupt)
         timer.start()
         try:
             if where == "child-sync-code":
@@ -1021,7 +1034,16 @@ def test_keyboard_interrupt_from_a_real_signal(run: Any, portal: Any, where: str
         with pytest.raises(BaseException) as info:
             runner(main, log, use_await_)
         results.append((_escaped(info.value), log))
-    assert results[1] == results[0]
+    if sys.version_info[:2] == (3, 13) and where != "parked":
+        # Plain Trio itself varies here on CPython 3.13.0: of 30 runs, 25-26
+        # defer the interrupt to the next checkpoint and 4-5 raise it in the
+        # busy loop, for sync code as for awaited code (3.11, 3.12, 3.14 and
+        # 3.15: always in the loop); with portals, the same two outcomes in
+        # about the same shares. Either is what plain await gives.
+        assert results[1][0] == results[0][0]
+        assert results[1][1] in (["finally"], ["interrupted in the loop", "finally"])
+    else:
+        assert results[1] == results[0]
     escaped, log = results[0]
     assert "KeyboardInterrupt" in str(escaped) and log[-1] == "finally"
 
