@@ -34,18 +34,17 @@ step_switch(PyThreadState *tstate, PyGreenlet *to, PyObject *args, PyObject *exc
 }
 
 /* The switch arguments that hand the step's job to `target`: the portal
- * itself, or for a runner's very first switch a list holding it. */
+ * itself, or for a runner's very first switch its first box. */
 static PyObject *
 step_args(PortalObject *self, int new_runner)
 {
     if (!new_runner) {
         return gbl_args_take(self);
     }
-    PyObject *box = PyList_New(1);
+    PyObject *box = runner_first_box(self);
     if (box == NULL) {
         return NULL;
     }
-    PyList_SET_ITEM(box, 0, Py_NewRef(self));
     PyObject *args = PyTuple_Pack(1, box);
     Py_DECREF(box);
     return args;
@@ -304,8 +303,15 @@ portal_step(PortalObject *self, int throw, PyObject *arg, PyObject **presult)
     }
     else {
         int new_runner = 0;
-        if (self->runner != NULL && greenlet_is_dead(self->runner)) {
-            Py_CLEAR(self->runner);
+        if (self->runner != NULL) {
+            if (!PyGreenlet_STARTED(self->runner)) {
+                /* A runner whose first switch failed (no memory): it has
+                 * not run yet, so its first job still comes boxed. */
+                new_runner = 1;
+            }
+            else if (!PyGreenlet_ACTIVE(self->runner)) {
+                Py_CLEAR(self->runner);
+            }
         }
         if (self->runner == NULL) {
             self->runner = runner_from_pool(ts);

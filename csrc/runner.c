@@ -685,33 +685,83 @@ runner_turn(RunnerSelf *rs, PyObject *ret)
     }
 }
 
-/* A runner's state for runner_run (NULL with an exception set). */
-static Py_NO_INLINE RunnerSelf *
-runner_begin(PyObject *box)
+/* The capsule name of a new runner's state in its first switch. */
+#define GBL_RUNNER_STATE_NAME "greenback_loop._cportal.runner_state"
+
+static void
+runner_state_free(PyObject *capsule)
+{
+    PyMem_Free(PyCapsule_GetPointer(capsule, GBL_RUNNER_STATE_NAME));
+}
+
+/* What the first switch into a new runner brings for portal p's job: a
+ * list [p, the runner's state]. The state is allocated here, by the
+ * stepper, where a failure is simply the step's MemoryError; on the
+ * runner's side, before it has a job, nothing can fail (runner_begin). The
+ * list, not the switch's argument tuple, holds p: the runner empties it, so
+ * nothing of its first job stays on its stack for its whole life. */
+static PyObject *
+runner_first_box(PortalObject *p)
 {
     RunnerSelf *rs = PyMem_Malloc(sizeof(RunnerSelf));
     if (rs == NULL) {
-        PyErr_NoMemory();
+        return PyErr_NoMemory();
+    }
+    PyObject *state = PyCapsule_New(rs, GBL_RUNNER_STATE_NAME, runner_state_free);
+    if (state == NULL) {
+        PyMem_Free(rs);
         return NULL;
+    }
+    PyObject *box = PyList_New(2);
+    if (box == NULL) {
+        Py_DECREF(state);
+        return NULL;
+    }
+    PyList_SET_ITEM(box, 0, Py_NewRef(p));
+    PyList_SET_ITEM(box, 1, state);
+    return box;
+}
+
+/* A runner's state for runner_run, from what its first switch brought
+ * (NULL with an exception set). A step's first switch (runner_first_box)
+ * brings the state and the job, and taking them allocates nothing. */
+static Py_NO_INLINE RunnerSelf *
+runner_begin(PyObject *box)
+{
+    RunnerSelf *rs;
+    PyObject *first;
+    PyObject *state = PyList_CheckExact(box) && PyList_GET_SIZE(box) == 2
+                          ? PyList_GET_ITEM(box, 1)
+                          : NULL;
+    if (state != NULL && PyCapsule_IsValid(state, GBL_RUNNER_STATE_NAME)) {
+        rs = PyCapsule_GetPointer(state, GBL_RUNNER_STATE_NAME);
+        /* rs is the runner's from here (no allocation: a valid capsule) */
+        (void)PyCapsule_SetDestructor(state, NULL);
+        first = PyList_GET_ITEM(box, 0); /* the list's reference, now ours */
+        PyList_SET_ITEM(box, 0, Py_NewRef(Py_None));
+    }
+    else {
+        /* A switch from outside any step into a runner that never ran
+         * (its step's first switch failed): no job; runner_turn answers it
+         * as any foreign switch. */
+        rs = PyMem_Malloc(sizeof(RunnerSelf));
+        if (rs == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        first = Py_NewRef(box);
     }
     rs->tstate = PyThreadState_Get();
     gbl_reset_recursion_depth(rs->tstate);
     rs->me = PyGreenlet_GetCurrent();
     if (rs->me == NULL) {
+        Py_DECREF(first);
         PyMem_Free(rs);
         return NULL;
     }
     Py_DECREF(rs->me); /* a tag: this greenlet is alive while it runs */
-    rs->first = NULL;
+    rs->first = first;
     rs->primed = 0;
-    if (PyList_Check(box) && PyList_GET_SIZE(box) == 1) {
-        rs->first = Py_NewRef(PyList_GET_ITEM(box, 0));
-        if (PyList_SetSlice(box, 0, 1, NULL) < 0) {
-            Py_DECREF(rs->first);
-            PyMem_Free(rs);
-            return NULL;
-        }
-    }
     return rs;
 }
 

@@ -423,7 +423,10 @@ def _switch_headroom() -> None:
 def _new_runner(st: _ThreadState, cur: greenlet) -> greenlet:
     _refresh_memory_limit()
     _watch_collections()
-    runner = greenlet(_runner_main, st.hub)
+    # Off the hub, the stepper is its parent for its first switch, so that
+    # failing before it takes its job (no memory) fails that step, not the
+    # hub; Portal._step then gives it to the hub, as every runner.
+    runner = greenlet(_runner_main, st.hub if cur is st.hub else cur)
     setattr(runner, _PROVIDER, True)
     if cur is not st.hub:
         st.deep.add(id(runner))
@@ -661,6 +664,7 @@ class Portal:
         it: a task's traceback shows one frame of the twin, as little as a
         pure-Python function can."""
         st = _state
+        made = None  # a runner made for this step
         if self._stepper is not None:
             raise ValueError("coroutine already executing")
         if self._detached:
@@ -682,7 +686,9 @@ class Portal:
             if runner is not None and runner.dead:
                 runner = self._runner = None
             if runner is None:
-                runner = _from_pool(st) or _new_runner(st, cur)
+                runner = _from_pool(st)
+                if runner is None:
+                    runner = made = _new_runner(st, cur)
                 self._runner = runner
             target = runner
             runner = None
@@ -706,6 +712,10 @@ class Portal:
         except BaseException as exc:
             thrown = exc
         ret, thrown = self._wait(stepper, ret, thrown)  # type: ignore[arg-type]
+        if made is not None:
+            if made.parent is not st.hub and not made.dead:
+                made.parent = st.hub  # _new_runner
+            made = None
         if type(ret) is list and ret == [self]:
             ret.clear()  # the message's box: the sender's frame keeps it
         st.current = prev
