@@ -1122,7 +1122,7 @@ def _park(box: list[Any], aw: Any, me: int) -> tuple[Portal | None, bool, Any]:
         ret, thrown = _bounce(me)
 
 
-def await_(aw: Awaitable[T]) -> T:
+def await_(aw: Awaitable[T], /) -> T:
     """Await *aw* from synchronous code running inside a portal.
 
     ``await_(aw)`` does what ``await aw`` does, but in a plain function: the

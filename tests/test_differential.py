@@ -167,6 +167,24 @@ def cores() -> dict[str, types.ModuleType]:
 
 
 @pytest.mark.once
+def test_same_call_signatures(cores: dict[str, types.ModuleType]) -> None:
+    """``await_`` takes one positional argument in both cores: the same
+    signature, and a TypeError for a keyword, none or two (the wording is
+    CPython's own for a C and for a Python function)."""
+    import inspect
+
+    params = {
+        name: [(p.name, p.kind) for p in inspect.signature(core.await_).parameters.values()]
+        for name, core in cores.items()
+    }
+    assert params["c"] == params["python"] == [("aw", inspect.Parameter.POSITIONAL_ONLY)]
+    for core in cores.values():
+        for args, kwargs in [((), {"aw": 1}), ((), {}), ((1, 2), {})]:
+            with pytest.raises(TypeError):
+                core.await_(*args, **kwargs)
+
+
+@pytest.mark.once
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.__name__)
 def test_same_behaviour(
     cores: dict[str, types.ModuleType], loop_kind: str, program: Callable[[types.ModuleType], Any]

@@ -234,3 +234,77 @@ def test_docstring_examples_run() -> None:
         attempted += result.attempted
     assert failed == 0
     assert attempted >= 8  # the examples are found (greenback_loop and autoawait)
+
+
+# -- the C module's honesty (issue 9, item 8) ------------------------------------
+
+needs_c_core = pytest.mark.skipif(
+    sys.implementation.name != "cpython" or _impl.implementation != "c",
+    reason="the C core's build",
+)
+
+
+@needs_c_core
+def test_debug_helpers_only_in_the_debug_build() -> None:
+    """``_debug_*`` helpers (a switch round trip, runner counts) exist in the
+    debug build (``GREENBACK_LOOP_DEBUG_BUILD=1``) only."""
+    from greenback_loop import _cportal
+
+    helpers = sorted(n for n in dir(_cportal) if n.startswith("_debug"))
+    if os.environ.get("GREENBACK_LOOP_DEBUG_BUILD"):
+        assert helpers
+    else:
+        assert helpers == []
+
+
+@needs_c_core
+@pytest.mark.skipif(sys.platform != "linux", reason="ELF")
+def test_c_core_needs_no_static_tls() -> None:
+    """The module's thread-local state uses the default TLS model: an
+    initial-exec one marks the library STATIC_TLS, and loading it late (an
+    import after start-up) then fails where the static TLS surplus is used
+    up."""
+    import shutil
+
+    from greenback_loop import _cportal
+
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed")
+    dynamic = subprocess.run(
+        [readelf, "-d", _cportal.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    assert "(NEEDED)" in dynamic  # it did read the dynamic section
+    assert "STATIC_TLS" not in dynamic
+
+
+@needs_c_core
+@pytest.mark.skipif(sys.platform != "linux", reason="gcc, as the build uses it")
+def test_free_threaded_build_is_refused_with_a_clear_message() -> None:
+    """The C core does not support free-threaded CPython yet: compiling it
+    for such a build stops with a message that says how to install the
+    pure-Python core instead."""
+    import shutil
+    import sysconfig
+
+    import greenlet
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed")
+    include = sysconfig.get_paths()["include"]
+    proc = subprocess.run(
+        [
+            gcc,
+            "-fsyntax-only",
+            "-DPy_GIL_DISABLED=1",
+            f"-I{include}",
+            f"-I{os.path.dirname(greenlet.__file__)}",
+            str(ROOT / "csrc" / "_cportal.c"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "does not support free-threaded CPython builds yet" in proc.stderr
+    assert "GREENBACK_LOOP_NO_EXTENSIONS=1" in proc.stderr
