@@ -713,8 +713,12 @@ class Portal:
             thrown = exc
         ret, thrown = self._wait(stepper, ret, thrown)  # type: ignore[arg-type]
         if made is not None:
-            if made.parent is not st.hub and not made.dead:
-                made.parent = st.hub  # _new_runner
+            # still the stepper's child, as _new_runner made it (sync code
+            # may have reparented it: then it is not pooled)
+            first_parent = stepper()  # type: ignore[misc]
+            if made.parent is not st.hub and made.parent is first_parent and not made.dead:
+                made.parent = st.hub
+            first_parent = None
             made = None
         if type(ret) is list and ret == [self]:
             ret.clear()  # the message's box: the sender's frame keeps it
