@@ -713,12 +713,10 @@ class Portal:
             thrown = exc
         ret, thrown = self._wait(stepper, ret, thrown)  # type: ignore[arg-type]
         if made is not None:
-            # still the stepper's child, as _new_runner made it (sync code
-            # may have reparented it: then it is not pooled)
-            first_parent = stepper()  # type: ignore[misc]
-            if made.parent is not st.hub and made.parent is first_parent and not made.dead:
+            # made off the hub and still the stepper's child (_new_runner);
+            # sync code may have reparented it: then it is not pooled
+            if made.parent is not st.hub and made.parent is stepper() and not made.dead:  # type: ignore[misc]
                 made.parent = st.hub
-            first_parent = None
             made = None
         if type(ret) is list and ret == [self]:
             ret.clear()  # the message's box: the sender's frame keeps it
